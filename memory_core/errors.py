@@ -1,0 +1,75 @@
+"""The exception hierarchy: one base, specific subclasses carrying their context."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class DeadLetterReason(StrEnum):
+    """Why an event went to the dead-letter topic (written to the DLQ record headers)."""
+
+    UNDECODABLE = "undecodable"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    INVALID_KEY = "invalid_key"
+    INVALID_EVENT = "invalid_event"
+    UNKNOWN_MEMORY = "unknown_memory"
+    OVERSIZED_MESSAGE = "oversized_message"
+    ORPHAN_TOOL_RESULT = "orphan_tool_result"
+    DUPLICATE_MESSAGE_ID = "duplicate_message_id"
+
+
+class MemstreamError(Exception):
+    """Base of every memstream error; ``retriable`` tells the consume loop retry vs dead-letter."""
+
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(MemstreamError):
+    """A memory resource config broke a rule; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class ConfigErrors(MemstreamError):
+    """Several config fields broke their rules at once."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("invalid memory config: " + "; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class InvalidKeyError(MemstreamError):
+    """A memory key or a key-template value is unsafe or malformed."""
+
+    def __init__(self, message: str, *, value: str | None = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class EncodingUnavailableError(MemstreamError):
+    """A tiktoken encoding file is missing, corrupt or unsupported."""
+
+    def __init__(self, encoding: str, reason: str) -> None:
+        super().__init__(f"encoding {encoding}: {reason}")
+        self.encoding = encoding
+
+
+class RejectedEventError(MemstreamError):
+    """An event that can never be applied (it goes to the DLQ with ``reason``)."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class NothingToFlushError(MemstreamError):
+    """A flush found no block it could summarize into something smaller."""
+
+    def __init__(self, memory_key: str, detail: str) -> None:
+        super().__init__(f"nothing to flush in {memory_key}: {detail}")
+        self.memory_key = memory_key

@@ -1,0 +1,260 @@
+"""TokenMemoryManager: applies events to a memory under its budget (allocation + FIFO eviction)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from memory_core.config import Budget
+from memory_core.errors import DeadLetterReason
+from memory_core.flushing import flush_due
+from memory_core.models import (
+    CATEGORIES,
+    Category,
+    LoggedEvent,
+    MemoryCleared,
+    MemoryFlushed,
+    MemoryState,
+    Message,
+    MessageAppended,
+    Role,
+)
+from memory_core.toolcalls import has_caller, tool_unit
+
+DEFAULT_ID_WINDOW = 256
+
+
+class Outcome(StrEnum):
+    """What applying one event did."""
+
+    APPLIED = "applied"
+    DUPLICATE_OFFSET = "duplicate_offset"
+    DUPLICATE_ID = "duplicate_id"
+    REJECTED = "rejected"
+    STALE_FLUSH = "stale_flush"
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """The outcome of one event; ``reason`` is set when it was rejected."""
+
+    offset: int
+    event_id: str
+    outcome: Outcome
+    reason: DeadLetterReason | None = None
+    detail: str = ""
+    evicted: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The state after a batch, per-event outcomes, and the flush sequences requested."""
+
+    state: MemoryState
+    results: tuple[EventResult, ...]
+    flush_requests: tuple[int, ...]
+
+    @property
+    def evicted(self) -> tuple[Message, ...]:
+        """Every message evicted by the batch, in eviction order."""
+        return tuple(m for r in self.results for m in r.evicted)
+
+    @property
+    def applied(self) -> int:
+        """How many events changed (or were meant to change) the memory."""
+        return sum(1 for r in self.results if r.outcome is Outcome.APPLIED)
+
+
+class _Work:
+    """Mutable working copy of a state while one batch is applied."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self.messages = list(state.messages)
+        self.totals = state.tokens_by_category()
+        self.last_offset = state.last_offset
+        self.recent_ids = list(state.recent_event_ids)
+        self.recent_set = set(state.recent_event_ids)
+        self.flush_seq = state.flush_seq
+        self.flush_pending = state.flush_pending
+        self.last_flush_at_ms = state.last_flush_at_ms
+        self.last_tokens_saved = state.last_tokens_saved
+        self.tokens_saved_total = state.tokens_saved_total
+
+    def freeze(self) -> MemoryState:
+        return MemoryState(
+            messages=tuple(self.messages),
+            last_offset=self.last_offset,
+            recent_event_ids=tuple(self.recent_ids),
+            flush_seq=self.flush_seq,
+            flush_pending=self.flush_pending,
+            last_flush_at_ms=self.last_flush_at_ms,
+            last_tokens_saved=self.last_tokens_saved,
+            tokens_saved_total=self.tokens_saved_total,
+        )
+
+    def remove(self, indices: Iterable[int]) -> list[Message]:
+        gone = sorted(set(indices))
+        removed = [self.messages[i] for i in gone]
+        for i in reversed(gone):
+            del self.messages[i]
+        for m in removed:
+            self.totals[m.category] -= m.tokens
+        return removed
+
+
+class TokenMemoryManager:
+    """Applies logged events to a ``MemoryState``: deterministic, pure, no I/O."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        flush_threshold: float = 0.8,
+        id_window: int = DEFAULT_ID_WINDOW,
+    ) -> None:
+        self.budget = budget
+        self.flush_threshold = flush_threshold
+        self.id_window = id_window
+
+    def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
+        """Apply ``events`` in order; the same state and events always give the same result."""
+        work = _Work(state)
+        results: list[EventResult] = []
+        flushes: list[int] = []
+        for logged in events:
+            results.append(self._apply_one(work, logged))
+            if self._should_request_flush(work):
+                work.flush_seq += 1
+                work.flush_pending = True
+                flushes.append(work.flush_seq)
+        return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
+
+    def _should_request_flush(self, work: _Work) -> bool:
+        return flush_due(
+            short_tokens=work.totals[Category.SHORT_TERM],
+            short_messages=lambda: sum(
+                1 for m in work.messages if m.category is Category.SHORT_TERM
+            ),
+            pending=work.flush_pending,
+            budget=self.budget,
+            threshold=self.flush_threshold,
+        )
+
+    def _apply_one(self, work: _Work, logged: LoggedEvent) -> EventResult:
+        event = logged.event
+        if logged.offset <= work.last_offset:
+            return EventResult(logged.offset, event.event_id, Outcome.DUPLICATE_OFFSET)
+        work.last_offset = logged.offset
+        if event.event_id in work.recent_set:
+            return EventResult(logged.offset, event.event_id, Outcome.DUPLICATE_ID)
+        work.recent_ids.append(event.event_id)
+        work.recent_set.add(event.event_id)
+        if len(work.recent_ids) > self.id_window:
+            work.recent_set.discard(work.recent_ids.pop(0))
+        if isinstance(event, MessageAppended):
+            return self._append(work, logged.offset, event)
+        if isinstance(event, MemoryCleared):
+            work.messages.clear()
+            work.totals = dict.fromkeys(CATEGORIES, 0)
+            work.flush_pending = False
+            return EventResult(logged.offset, event.event_id, Outcome.APPLIED)
+        return self._flushed(work, logged.offset, event)
+
+    def _reject(
+        self, offset: int, event_id: str, reason: DeadLetterReason, detail: str
+    ) -> EventResult:
+        return EventResult(offset, event_id, Outcome.REJECTED, reason, detail)
+
+    def _append(self, work: _Work, offset: int, event: MessageAppended) -> EventResult:
+        msg = event.message
+        limit = self.budget.of(msg.category)
+        if msg.tokens > limit:
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.OVERSIZED_MESSAGE,
+                f"message {msg.id} costs {msg.tokens} tokens, its {msg.category.value} "
+                f"budget is {limit}",
+            )
+        if any(m.id == msg.id for m in work.messages):
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.DUPLICATE_MESSAGE_ID,
+                f"message id {msg.id} is already in memory",
+            )
+        if msg.role is Role.TOOL and not has_caller(work.messages, msg.tool_call_id):
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.ORPHAN_TOOL_RESULT,
+                f"tool result {msg.id} answers call {msg.tool_call_id!r}, "
+                "which no assistant message in memory made",
+            )
+        work.messages.append(msg)
+        work.totals[msg.category] += msg.tokens
+        evicted = self._evict(work)
+        return EventResult(offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted))
+
+    def _flushed(self, work: _Work, offset: int, event: MemoryFlushed) -> EventResult:
+        if event.flush_seq == work.flush_seq:
+            work.flush_pending = False
+        summary = event.summary
+        if summary is None:
+            return EventResult(offset, event.event_id, Outcome.APPLIED)
+        if summary.tokens > self.budget.long_term:
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.OVERSIZED_MESSAGE,
+                f"summary {summary.id} costs {summary.tokens} tokens, the long_term budget "
+                f"is {self.budget.long_term}",
+            )
+        covered = set(summary.covers)
+        present = [i for i, m in enumerate(work.messages) if m.id in covered]
+        if not present:
+            return EventResult(offset, event.event_id, Outcome.STALE_FLUSH)
+        removed_ids = {work.messages[i].id for i in present}
+        # A tool result that arrived after the flush's snapshot would lose its caller: it leaves
+        # with the caller, as an eviction.
+        orphans = [
+            i
+            for i, m in enumerate(work.messages)
+            if m.role is Role.TOOL
+            and m.id not in removed_ids
+            and any(
+                work.messages[j].role is Role.ASSISTANT
+                and any(c.id == m.tool_call_id for c in work.messages[j].tool_calls)
+                for j in present
+            )
+        ]
+        position = present[0]
+        removed = work.remove(present)
+        evicted = work.remove(orphans) if orphans else []
+        stored = replace(summary, covers=tuple(m.id for m in removed))
+        work.messages.insert(position, stored)
+        work.totals[Category.LONG_TERM] += stored.tokens
+        saved = sum(m.tokens for m in removed) - stored.tokens
+        work.last_flush_at_ms = event.created_at_ms
+        work.last_tokens_saved = saved
+        work.tokens_saved_total += saved
+        evicted.extend(self._evict(work))
+        return EventResult(offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted))
+
+    def _evict(self, work: _Work) -> list[Message]:
+        evicted: list[Message] = []
+        for category in CATEGORIES:
+            limit = self.budget.of(category)
+            while work.totals[category] > limit:
+                oldest = next(i for i, m in enumerate(work.messages) if m.category is category)
+                evicted.extend(work.remove(tool_unit(work.messages, oldest)))
+        cap = self.budget.max_messages
+        if cap is not None:
+            while len(work.messages) > cap:
+                oldest = next(
+                    (i for i, m in enumerate(work.messages) if m.category is not Category.SYSTEM),
+                    0,
+                )
+                evicted.extend(work.remove(tool_unit(work.messages, oldest)))
+        return evicted

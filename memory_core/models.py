@@ -1,0 +1,136 @@
+"""Domain values: messages, events and memory state (frozen, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Role(StrEnum):
+    """Chat roles."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class Kind(StrEnum):
+    """A plain message or a summary written by a flush."""
+
+    MESSAGE = "message"
+    SUMMARY = "summary"
+
+
+class Category(StrEnum):
+    """The budget a message counts against."""
+
+    SYSTEM = "system"
+    SHORT_TERM = "short_term"
+    LONG_TERM = "long_term"
+
+
+CATEGORIES: tuple[Category, ...] = (Category.SYSTEM, Category.SHORT_TERM, Category.LONG_TERM)
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call requested by an assistant message."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message; ``tokens`` is its chat-format cost, counted once at apply time."""
+
+    id: str
+    role: Role
+    content: str
+    tokens: int
+    created_at_ms: int
+    kind: Kind = Kind.MESSAGE
+    name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    # For a summary: the ids of the messages it replaced, oldest first.
+    covers: tuple[str, ...] = ()
+
+    @property
+    def category(self) -> Category:
+        """Summaries count as long-term, system messages as system, the rest as short-term."""
+        if self.kind is Kind.SUMMARY:
+            return Category.LONG_TERM
+        if self.role is Role.SYSTEM:
+            return Category.SYSTEM
+        return Category.SHORT_TERM
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAppended:
+    """Append one message (already redacted and token-counted)."""
+
+    event_id: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCleared:
+    """Remove every message of the memory."""
+
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFlushed:
+    """A flush result: replace the covered messages by ``summary``; ``summary`` None aborts."""
+
+    event_id: str
+    flush_seq: int
+    summary: Message | None
+    created_at_ms: int
+
+
+MemoryEvent = MessageAppended | MemoryCleared | MemoryFlushed
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event at its position (partition offset) in the log."""
+
+    offset: int
+    event: MemoryEvent
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    """Everything the apply step needs to know about one memory."""
+
+    messages: tuple[Message, ...] = ()
+    last_offset: int = -1
+    recent_event_ids: tuple[str, ...] = ()
+    flush_seq: int = 0
+    flush_pending: bool = False
+    last_flush_at_ms: int | None = None
+    last_tokens_saved: int = 0
+    tokens_saved_total: int = 0
+
+    def tokens(self, category: Category | None = None) -> int:
+        """Tokens held in ``category`` (all categories when None)."""
+        if category is None:
+            return sum(m.tokens for m in self.messages)
+        return sum(m.tokens for m in self.messages if m.category is category)
+
+    def tokens_by_category(self) -> dict[Category, int]:
+        """Tokens per category, every category present."""
+        totals = dict.fromkeys(CATEGORIES, 0)
+        for m in self.messages:
+            totals[m.category] += m.tokens
+        return totals
