@@ -73,3 +73,29 @@ class NothingToFlushError(MemstreamError):
     def __init__(self, memory_key: str, detail: str) -> None:
         super().__init__(f"nothing to flush in {memory_key}: {detail}")
         self.memory_key = memory_key
+
+
+class StoreUnavailableError(MemstreamError):
+    """The state store (Redis) cannot be reached; retry later, commit nothing."""
+
+    retriable = True
+
+
+class LockNotAcquiredError(MemstreamError):
+    """A lock stayed held by another owner for the whole acquire timeout."""
+
+    retriable = True
+
+    def __init__(self, memory_key: str, holder: str, remaining_ms: int) -> None:
+        super().__init__(f"lock of {memory_key} held by {holder} for {remaining_ms} ms more")
+        self.memory_key = memory_key
+        self.holder = holder
+        self.remaining_ms = remaining_ms
+
+
+class LockLostError(MemstreamError):
+    """A held lock expired or was taken over before its owner finished."""
+
+    def __init__(self, memory_key: str) -> None:
+        super().__init__(f"lock of {memory_key} was lost")
+        self.memory_key = memory_key

@@ -1,0 +1,42 @@
+# Every target sets up what it needs: a virtualenv, Python deps, the tiktoken files, and
+# (for demo/test) the local stack of real Kafka, Redis and Temporal.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test check stack-up stack-down bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "memstream needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+	$(BIN)/memstream encodings install
+
+stack-up: install
+	$(BIN)/memstream stack up
+
+stack-down:
+	$(BIN)/memstream stack down
+
+demo: stack-up
+	$(BIN)/memstream demo
+
+test: stack-up
+	$(BIN)/python -m pytest
+
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict memory_core consumers schemas
+	$(BIN)/lint-imports
+
+bench: stack-up
+	$(BIN)/python -m benchmarks
+
+clean: stack-down
+	rm -rf $(VENV) .memstream

@@ -1,0 +1,24 @@
+"""Redis adapters: the memory store and the lock manager."""
+
+from memory_core.redis.layout import MemoryKeys
+from memory_core.redis.lock import RedisLease, RedisLockManager
+from memory_core.redis.store import (
+    KeyBatch,
+    KeyOutcome,
+    RedisMemoryStore,
+    Snapshot,
+    Writer,
+    WriteStatus,
+)
+
+__all__ = [
+    "KeyBatch",
+    "KeyOutcome",
+    "MemoryKeys",
+    "RedisLease",
+    "RedisLockManager",
+    "RedisMemoryStore",
+    "Snapshot",
+    "WriteStatus",
+    "Writer",
+]

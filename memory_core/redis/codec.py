@@ -1,0 +1,100 @@
+"""Messages and memory state as stored in Redis (JSON bodies, a flat ``meta`` hash)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from memory_core.models import CATEGORIES, Kind, MemoryState, Message, Role, ToolCall
+
+
+def encode_message(m: Message) -> str:
+    """One message as compact JSON."""
+    body: dict[str, Any] = {
+        "id": m.id,
+        "role": m.role.value,
+        "content": m.content,
+        "tokens": m.tokens,
+        "ts": m.created_at_ms,
+    }
+    if m.kind is not Kind.MESSAGE:
+        body["kind"] = m.kind.value
+    if m.name is not None:
+        body["name"] = m.name
+    if m.metadata:
+        body["meta"] = dict(m.metadata)
+    if m.tool_call_id is not None:
+        body["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        body["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
+    if m.covers:
+        body["covers"] = list(m.covers)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_message(raw: str | bytes) -> Message:
+    """The inverse of ``encode_message``."""
+    body = json.loads(raw)
+    return Message(
+        id=body["id"],
+        role=Role(body["role"]),
+        content=body["content"],
+        tokens=int(body["tokens"]),
+        created_at_ms=int(body["ts"]),
+        kind=Kind(body.get("kind", Kind.MESSAGE.value)),
+        name=body.get("name"),
+        metadata=body.get("meta", {}),
+        tool_call_id=body.get("tool_call_id"),
+        tool_calls=tuple(ToolCall(*c) for c in body.get("tool_calls", ())),
+        covers=tuple(body.get("covers", ())),
+    )
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def state_meta(state: MemoryState, extra: Mapping[str, str | int]) -> dict[str, str | int]:
+    """The ``meta`` hash fields of ``state`` (counters derived from its messages)."""
+    totals = state.tokens_by_category()
+    fields: dict[str, str | int] = {
+        "last_offset": state.last_offset,
+        "recent_ids": json.dumps(list(state.recent_event_ids), separators=(",", ":")),
+        "flush_seq": state.flush_seq,
+        "flush_pending": int(state.flush_pending),
+        "last_flush_at_ms": "" if state.last_flush_at_ms is None else state.last_flush_at_ms,
+        "last_tokens_saved": state.last_tokens_saved,
+        "tokens_saved_total": state.tokens_saved_total,
+        "messages": len(state.messages),
+    }
+    for category in CATEGORIES:
+        fields[f"tokens_{category.value}"] = totals[category]
+    fields.update(extra)
+    return fields
+
+
+def state_from(meta: Mapping[str, str], messages: tuple[Message, ...]) -> MemoryState:
+    """Rebuild a ``MemoryState`` from its ``meta`` hash and ordered messages."""
+    if not meta:
+        return MemoryState(messages=messages)
+    return MemoryState(
+        messages=messages,
+        last_offset=int(meta.get("last_offset", -1)),
+        recent_event_ids=tuple(json.loads(meta.get("recent_ids", "[]"))),
+        flush_seq=int(meta.get("flush_seq", 0)),
+        flush_pending=meta.get("flush_pending", "0") == "1",
+        last_flush_at_ms=_opt_int(meta.get("last_flush_at_ms")),
+        last_tokens_saved=int(meta.get("last_tokens_saved", 0)),
+        tokens_saved_total=int(meta.get("tokens_saved_total", 0)),
+    )
+
+
+def pairs(flat: list[Any]) -> dict[str, str]:
+    """A Redis flat reply ``[k1, v1, k2, v2, …]`` as a dict of strings."""
+    it = iter(_s(x) for x in flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

@@ -1,0 +1,314 @@
+"""RedisMemoryStore: the atomic, fenced, batched apply step and consistent reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from memory_core.eviction import ApplyResult
+from memory_core.models import CATEGORIES, Category, LoggedEvent, MemoryState, Message
+from memory_core.policy import MemoryPolicy
+from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
+from memory_core.redis.layout import MemoryKeys
+from memory_core.redis.scripts import Call, Script, ScriptRunner
+
+ACQUIRE = Script.load("acquire")
+WRITE = Script.load("write")
+READ = Script.load("read")
+
+
+class WriteStatus(StrEnum):
+    """How the apply step ended for one memory."""
+
+    APPLIED = "applied"
+    LOCKED = "locked"  # another owner holds the lock
+    LOCK_LOST = "lock_lost"  # our lock expired before the write
+    FENCED = "fenced"  # a newer writer (token or partition epoch) wrote this memory
+    CONFLICT = "conflict"  # the state changed since it was read
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who writes: a lock owner id and, for a partition consumer, that partition's epoch."""
+
+    owner: str
+    epoch: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBatch:
+    """The events of one memory in one fetched batch, in log order."""
+
+    memory_key: str
+    policy: MemoryPolicy
+    events: Sequence[LoggedEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOutcome:
+    """The apply step's outcome for one memory; ``result`` is set when applied."""
+
+    memory_key: str
+    status: WriteStatus
+    result: ApplyResult | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent read of one memory (``messages`` may be one page of them)."""
+
+    memory_key: str
+    messages: tuple[Message, ...]
+    total_messages: int
+    tokens: dict[Category, int]
+    version: int
+    last_offset: int
+    flush_seq: int
+    flush_pending: bool
+    last_flush_at_ms: int | None
+    last_tokens_saved: int
+    tokens_saved_total: int
+    config_fingerprint: str | None
+    lock_holder: str | None
+    lock_ttl_ms: int | None
+    key_ttl_ms: int | None
+
+    @property
+    def exists(self) -> bool:
+        """Whether the memory has ever been written (and has not expired)."""
+        return self.version > 0
+
+    def state(self) -> MemoryState:
+        """The full ``MemoryState`` (only valid for an unpaginated read)."""
+        return MemoryState(
+            messages=self.messages,
+            last_offset=self.last_offset,
+            flush_seq=self.flush_seq,
+            flush_pending=self.flush_pending,
+            last_flush_at_ms=self.last_flush_at_ms,
+            last_tokens_saved=self.last_tokens_saved,
+            tokens_saved_total=self.tokens_saved_total,
+        )
+
+
+@dataclass(slots=True)
+class _Cached:
+    version: int
+    state: MemoryState
+    scores: dict[str, float] = field(default_factory=dict)
+    next_pos: float = 1.0
+
+
+_RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
+
+
+class RedisMemoryStore:
+    """Applies key batches atomically: two pipelined round trips per round, whatever the keys."""
+
+    def __init__(self, redis: Redis, *, prefix: str = "memstream", cache_size: int = 50_000):
+        self.redis = redis
+        self.prefix = prefix
+        self._scripts = ScriptRunner(redis)
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+        self.round_trips = 0
+
+    def keys(self, memory_key: str) -> MemoryKeys:
+        """The Redis keys of ``memory_key``."""
+        return MemoryKeys.of(memory_key, self.prefix)
+
+    def forget(self, memory_keys: Sequence[str] | None = None) -> None:
+        """Drop cached states (all when None), e.g. after losing a partition."""
+        if memory_keys is None:
+            self._cache.clear()
+        else:
+            for k in memory_keys:
+                self._cache.pop(k, None)
+
+    async def apply(self, batches: Sequence[KeyBatch], writer: Writer) -> list[KeyOutcome]:
+        """Apply each key's events under its lock; keys locked or raced are retried in bulk.
+
+        Retries stop at the policy's acquire timeout; the outcome then says why the key was
+        refused. Nothing is written for a refused key.
+        """
+        pending = {b.memory_key: b for b in batches}
+        outcomes: dict[str, KeyOutcome] = {}
+        started = time.monotonic()
+        delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
+        while pending:
+            for outcome in await self._round(list(pending.values()), writer):
+                batch = pending[outcome.memory_key]
+                elapsed = time.monotonic() - started
+                if outcome.status in _RETRIED and elapsed < batch.policy.acquire_timeout_s:
+                    continue
+                outcomes[outcome.memory_key] = outcome
+                del pending[outcome.memory_key]
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        return [outcomes[b.memory_key] for b in batches]
+
+    async def _round(self, batches: list[KeyBatch], writer: Writer) -> list[KeyOutcome]:
+        acquire_calls = []
+        for b in batches:
+            k = self.keys(b.memory_key)
+            cached = self._cache.get(b.memory_key)
+            known = str(cached.version) if cached is not None else "-1"
+            acquire_calls.append(
+                Call(
+                    ACQUIRE,
+                    (k.lock, k.fence, k.meta, k.order, k.msgs),
+                    (writer.owner, b.policy.lock_ttl_ms, known),
+                )
+            )
+        replies = await self._scripts.run_many(acquire_calls)
+        self.round_trips += 1
+
+        outcomes: dict[str, KeyOutcome] = {}
+        writes: list[tuple[KeyBatch, _Cached, ApplyResult, Call]] = []
+        for b, reply in zip(batches, replies, strict=True):
+            status = _s(reply[0])
+            if status == "LOCKED":
+                outcomes[b.memory_key] = KeyOutcome(
+                    b.memory_key, WriteStatus.LOCKED, detail=f"held by {_s(reply[1])}"
+                )
+                continue
+            token, version = int(reply[1]), int(reply[2])
+            cached = self._cache.get(b.memory_key)
+            if len(reply) > 3 or cached is None or cached.version != version:
+                cached = _decode_cached(version, reply)
+            result = b.policy.manager.apply(cached.state, b.events)
+            new = _next(cached, result.state)
+            k = self.keys(b.memory_key)
+            args: list[str | int | float] = [
+                writer.owner,
+                token,
+                writer.epoch,
+                version,
+                b.policy.ttl_ms,
+                len(new.removed),
+                *new.removed,
+                len(new.added),
+            ]
+            for score, mid, body in new.added:
+                args.extend((repr(score), mid, body))
+            meta = state_meta(
+                result.state,
+                {"next_pos": repr(new.cached.next_pos), "config": b.policy.fingerprint},
+            )
+            for name, value in meta.items():
+                args.extend((name, value))
+            call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence), args)
+            writes.append((b, new.cached, result, call))
+
+        if writes:
+            write_replies = await self._scripts.run_many([w[3] for w in writes])
+            self.round_trips += 1
+            for (b, new_cached, result, _), reply in zip(writes, write_replies, strict=True):
+                if _s(reply[0]) == "OK":
+                    new_cached.version = int(_s(reply[1]))
+                    self._remember(b.memory_key, new_cached)
+                    outcomes[b.memory_key] = KeyOutcome(b.memory_key, WriteStatus.APPLIED, result)
+                else:
+                    self._cache.pop(b.memory_key, None)
+                    status = WriteStatus(_s(reply[0]).lower())
+                    outcomes[b.memory_key] = KeyOutcome(b.memory_key, status, detail=_s(reply[1]))
+        return [outcomes[b.memory_key] for b in batches]
+
+    def _remember(self, memory_key: str, cached: _Cached) -> None:
+        self._cache[memory_key] = cached
+        self._cache.move_to_end(memory_key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def read(self, memory_key: str, *, start: int = 0, stop: int = -1) -> Snapshot:
+        """A consistent snapshot of ``memory_key``; ``start``/``stop`` select a page (inclusive)."""
+        k = self.keys(memory_key)
+        meta_flat, bodies, total, holder, lock_ttl, key_ttl = await self._scripts.run(
+            READ, (k.meta, k.order, k.msgs, k.lock), (start, stop)
+        )
+        meta = pairs(meta_flat)
+        messages = tuple(decode_message(b) for b in bodies if b is not None)
+        state = state_from(meta, ())
+        return Snapshot(
+            memory_key=memory_key,
+            messages=messages,
+            total_messages=int(total),
+            tokens={c: int(meta.get(f"tokens_{c.value}", 0)) for c in CATEGORIES},
+            version=int(meta.get("version", 0)),
+            last_offset=state.last_offset,
+            flush_seq=state.flush_seq,
+            flush_pending=state.flush_pending,
+            last_flush_at_ms=state.last_flush_at_ms,
+            last_tokens_saved=state.last_tokens_saved,
+            tokens_saved_total=state.tokens_saved_total,
+            config_fingerprint=meta.get("config"),
+            lock_holder=_s(holder) or None,
+            lock_ttl_ms=int(lock_ttl) if int(lock_ttl) >= 0 else None,
+            key_ttl_ms=int(key_ttl) if int(key_ttl) >= 0 else None,
+        )
+
+
+@dataclass(slots=True)
+class _Diff:
+    removed: list[str]
+    added: list[tuple[float, str, str]]
+    cached: _Cached
+
+
+def _next(old: _Cached, state: MemoryState) -> _Diff:
+    """The writes that turn ``old`` into ``state``, with order scores for the new messages."""
+    msgs = state.messages
+    new_ids = {m.id for m in msgs}
+    removed = [i for i in old.scores if i not in new_ids]
+    # The score of the next surviving message after each index: a message inserted in the
+    # middle (a summary) takes the midpoint between its neighbours.
+    next_kept: list[float | None] = [None] * len(msgs)
+    upcoming: float | None = None
+    for i in range(len(msgs) - 1, -1, -1):
+        next_kept[i] = upcoming
+        score = old.scores.get(msgs[i].id)
+        if score is not None:
+            upcoming = score
+    scores: dict[str, float] = {}
+    added: list[tuple[float, str, str]] = []
+    next_pos = old.next_pos
+    prev: float | None = None
+    for i, m in enumerate(msgs):
+        score = old.scores.get(m.id)
+        if score is None:
+            hi = next_kept[i]
+            if hi is None:
+                score, next_pos = next_pos, next_pos + 1
+            else:
+                lo = prev if prev is not None else hi - 1.0
+                score = (lo + hi) / 2
+            added.append((score, m.id, encode_message(m)))
+        scores[m.id] = score
+        prev = score
+    return _Diff(removed, added, _Cached(old.version, state, scores, next_pos))
+
+
+def _decode_cached(version: int, reply: list[Any]) -> _Cached:
+    if len(reply) <= 3:
+        return _Cached(version, MemoryState())
+    meta = pairs(reply[3])
+    flat_order = [_s(x) for x in reply[4]]
+    bodies = pairs(reply[5])
+    ids = flat_order[0::2]
+    scores = {i: float(s) for i, s in zip(ids, flat_order[1::2], strict=True)}
+    messages = tuple(decode_message(bodies[i]) for i in ids)
+    next_pos = float(meta.get("next_pos", 1.0))
+    return _Cached(version, state_from(meta, messages), scores, next_pos)
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
