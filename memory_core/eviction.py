@@ -12,6 +12,7 @@ from memory_core.flushing import flush_due
 from memory_core.models import (
     CATEGORIES,
     Category,
+    FlushRequested,
     LoggedEvent,
     MemoryCleared,
     MemoryFlushed,
@@ -123,16 +124,18 @@ class TokenMemoryManager:
         results: list[EventResult] = []
         flushes: list[int] = []
         for logged in events:
-            results.append(self._apply_one(work, logged))
-            if self._should_request_flush(work):
+            result = self._apply_one(work, logged)
+            results.append(result)
+            forced = result.outcome is Outcome.APPLIED and isinstance(logged.event, FlushRequested)
+            if self._should_request_flush(work, forced=forced):
                 work.flush_seq += 1
                 work.flush_pending = True
                 flushes.append(work.flush_seq)
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
 
-    def _should_request_flush(self, work: _Work) -> bool:
+    def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
         return flush_due(
-            short_tokens=work.totals[Category.SHORT_TERM],
+            short_tokens=work.totals[Category.SHORT_TERM] if not forced else None,
             short_messages=lambda: sum(
                 1 for m in work.messages if m.category is Category.SHORT_TERM
             ),
@@ -154,6 +157,8 @@ class TokenMemoryManager:
             work.recent_set.discard(work.recent_ids.pop(0))
         if isinstance(event, MessageAppended):
             return self._append(work, logged.offset, event)
+        if isinstance(event, FlushRequested):
+            return EventResult(logged.offset, event.event_id, Outcome.APPLIED)
         if isinstance(event, MemoryCleared):
             work.messages.clear()
             work.totals = dict.fromkeys(CATEGORIES, 0)

@@ -17,14 +17,19 @@ MIN_BLOCK = 2
 
 def flush_due(
     *,
-    short_tokens: int,
+    short_tokens: int | None,
     short_messages: Callable[[], int],
     pending: bool,
     budget: Budget,
     threshold: float,
 ) -> bool:
-    """The flush rule: no flush pending, short-term tokens ≥ threshold × budget, ≥ 2 messages."""
-    if pending or budget.short_term <= 0 or short_tokens < threshold * budget.short_term:
+    """The flush rule: none pending, short-term tokens ≥ threshold × budget, ≥ 2 messages.
+
+    ``short_tokens`` None skips the threshold (an explicit flush request).
+    """
+    if pending or budget.short_term <= 0:
+        return False
+    if short_tokens is not None and short_tokens < threshold * budget.short_term:
         return False
     # One message alone cannot be summarized into something smaller.
     return short_messages() >= MIN_BLOCK

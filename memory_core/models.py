@@ -74,6 +74,34 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Draft:
+    """A message as an agent writes it: not yet redacted or token-counted."""
+
+    id: str
+    role: Role
+    content: str
+    created_at_ms: int
+    name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def counted(self, content: str, tokens: int) -> Message:
+        """The stored message: ``content`` after redaction, with its token cost."""
+        return Message(
+            id=self.id,
+            role=self.role,
+            content=content,
+            tokens=tokens,
+            created_at_ms=self.created_at_ms,
+            name=self.name,
+            metadata=self.metadata,
+            tool_call_id=self.tool_call_id,
+            tool_calls=self.tool_calls,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MessageAppended:
     """Append one message (already redacted and token-counted)."""
 
@@ -89,6 +117,13 @@ class MemoryCleared:
 
 
 @dataclass(frozen=True, slots=True)
+class FlushRequested:
+    """Ask for a flush now, whatever the threshold (still one at a time)."""
+
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryFlushed:
     """A flush result: replace the covered messages by ``summary``; ``summary`` None aborts."""
 
@@ -98,7 +133,7 @@ class MemoryFlushed:
     created_at_ms: int
 
 
-MemoryEvent = MessageAppended | MemoryCleared | MemoryFlushed
+MemoryEvent = MessageAppended | MemoryCleared | FlushRequested | MemoryFlushed
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +169,42 @@ class MemoryState:
         for m in self.messages:
             totals[m.category] += m.tokens
         return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent read of one memory (``messages`` may be one page of them)."""
+
+    memory_key: str
+    messages: tuple[Message, ...]
+    total_messages: int
+    tokens: dict[Category, int]
+    version: int
+    last_offset: int
+    flush_seq: int
+    flush_pending: bool
+    last_flush_at_ms: int | None
+    last_tokens_saved: int
+    tokens_saved_total: int
+    config_fingerprint: str | None
+    memory_id: str | None
+    lock_holder: str | None
+    lock_ttl_ms: int | None
+    key_ttl_ms: int | None
+
+    @property
+    def exists(self) -> bool:
+        """Whether the memory has ever been written (and has not expired)."""
+        return self.version > 0
+
+    def state(self) -> MemoryState:
+        """The full ``MemoryState`` (only valid for an unpaginated read)."""
+        return MemoryState(
+            messages=self.messages,
+            last_offset=self.last_offset,
+            flush_seq=self.flush_seq,
+            flush_pending=self.flush_pending,
+            last_flush_at_ms=self.last_flush_at_ms,
+            last_tokens_saved=self.last_tokens_saved,
+            tokens_saved_total=self.tokens_saved_total,
+        )

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from memory_core.models import MemoryEvent
+    from memory_core.models import Draft, Snapshot
 
 
 class Clock(Protocol):
@@ -74,15 +74,29 @@ class LockManager(Protocol):
         ...
 
 
-class EventPublisher(Protocol):
-    """Publishes memory events to the log; returns each event's offset once it is durable."""
+class MemoryStore(Protocol):
+    """Reads of the materialized memory state."""
 
-    async def publish(
-        self, memory_key: str, memory_id: str, events: Sequence[MemoryEvent]
-    ) -> list[int]:
-        """Publish ``events`` of one memory in order."""
+    async def read(self, memory_key: str, *, start: int = 0, stop: int = -1) -> Snapshot:
+        """A consistent snapshot; ``start``/``stop`` select a page of messages (inclusive)."""
         ...
 
-    async def wait_applied(self, memory_key: str, offset: int, timeout: timedelta) -> None:
-        """Wait until the consumer has applied ``offset`` of ``memory_key`` (read-your-writes)."""
+    async def applied_offset(self, memory_key: str) -> int:
+        """The last log offset applied to ``memory_key`` (-1 if none)."""
+        ...
+
+
+class EventPublisher(Protocol):
+    """Publishes memory events to the log; each call returns once the events are durable."""
+
+    async def append(self, memory_key: str, memory_id: str, drafts: Sequence[Draft]) -> list[int]:
+        """Publish one MessageAppended per draft, in order; returns their offsets."""
+        ...
+
+    async def clear(self, memory_key: str, memory_id: str) -> int:
+        """Publish a MemoryCleared; returns its offset."""
+        ...
+
+    async def request_flush(self, memory_key: str, memory_id: str) -> int:
+        """Publish a FlushRequested; returns its offset."""
         ...

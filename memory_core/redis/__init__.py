@@ -6,7 +6,6 @@ from memory_core.redis.store import (
     KeyBatch,
     KeyOutcome,
     RedisMemoryStore,
-    Snapshot,
     Writer,
     WriteStatus,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "RedisLease",
     "RedisLockManager",
     "RedisMemoryStore",
-    "Snapshot",
     "WriteStatus",
     "Writer",
 ]

@@ -13,9 +13,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from memory_core.eviction import ApplyResult
-from memory_core.models import CATEGORIES, Category, LoggedEvent, MemoryState, Message
+from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
+from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys
 from memory_core.redis.scripts import Call, Script, ScriptRunner
 
@@ -59,44 +60,6 @@ class KeyOutcome:
     status: WriteStatus
     result: ApplyResult | None = None
     detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A consistent read of one memory (``messages`` may be one page of them)."""
-
-    memory_key: str
-    messages: tuple[Message, ...]
-    total_messages: int
-    tokens: dict[Category, int]
-    version: int
-    last_offset: int
-    flush_seq: int
-    flush_pending: bool
-    last_flush_at_ms: int | None
-    last_tokens_saved: int
-    tokens_saved_total: int
-    config_fingerprint: str | None
-    lock_holder: str | None
-    lock_ttl_ms: int | None
-    key_ttl_ms: int | None
-
-    @property
-    def exists(self) -> bool:
-        """Whether the memory has ever been written (and has not expired)."""
-        return self.version > 0
-
-    def state(self) -> MemoryState:
-        """The full ``MemoryState`` (only valid for an unpaginated read)."""
-        return MemoryState(
-            messages=self.messages,
-            last_offset=self.last_offset,
-            flush_seq=self.flush_seq,
-            flush_pending=self.flush_pending,
-            last_flush_at_ms=self.last_flush_at_ms,
-            last_tokens_saved=self.last_tokens_saved,
-            tokens_saved_total=self.tokens_saved_total,
-        )
 
 
 @dataclass(slots=True)
@@ -229,6 +192,12 @@ class RedisMemoryStore:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    async def applied_offset(self, memory_key: str) -> int:
+        """The last log offset applied to ``memory_key`` (-1 if none)."""
+        async with translate_redis_errors():
+            raw = await self.redis.hget(self.keys(memory_key).meta, "last_offset")
+        return -1 if raw is None else int(raw)
+
     async def read(self, memory_key: str, *, start: int = 0, stop: int = -1) -> Snapshot:
         """A consistent snapshot of ``memory_key``; ``start``/``stop`` select a page (inclusive)."""
         k = self.keys(memory_key)
@@ -251,6 +220,7 @@ class RedisMemoryStore:
             last_tokens_saved=state.last_tokens_saved,
             tokens_saved_total=state.tokens_saved_total,
             config_fingerprint=meta.get("config"),
+            memory_id=meta.get("memory_id"),
             lock_holder=_s(holder) or None,
             lock_ttl_ms=int(lock_ttl) if int(lock_ttl) >= 0 else None,
             key_ttl_ms=int(key_ttl) if int(key_ttl) >= 0 else None,
