@@ -50,7 +50,10 @@ class EventResult:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """The state after a batch, per-event outcomes, and the flush sequences requested."""
+    """The state after a batch, per-event outcomes, and the flush sequences requested.
+
+    ``flush_requests`` may repeat a pending sequence when its requesting event is redelivered.
+    """
 
     state: MemoryState
     results: tuple[EventResult, ...]
@@ -78,6 +81,7 @@ class _Work:
         self.recent_set = set(state.recent_event_ids)
         self.flush_seq = state.flush_seq
         self.flush_pending = state.flush_pending
+        self.flush_offset = state.flush_offset
         self.last_flush_at_ms = state.last_flush_at_ms
         self.last_tokens_saved = state.last_tokens_saved
         self.tokens_saved_total = state.tokens_saved_total
@@ -89,6 +93,7 @@ class _Work:
             recent_event_ids=tuple(self.recent_ids),
             flush_seq=self.flush_seq,
             flush_pending=self.flush_pending,
+            flush_offset=self.flush_offset,
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
@@ -130,6 +135,15 @@ class TokenMemoryManager:
             if self._should_request_flush(work, forced=forced):
                 work.flush_seq += 1
                 work.flush_pending = True
+                work.flush_offset = logged.offset
+                flushes.append(work.flush_seq)
+            elif (
+                result.outcome is Outcome.DUPLICATE_OFFSET
+                and work.flush_pending
+                and logged.offset == work.flush_offset
+            ):
+                # Redelivery of the event that requested the pending flush: request it again
+                # (same sequence; the dispatcher collapses duplicates by workflow id).
                 flushes.append(work.flush_seq)
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
 

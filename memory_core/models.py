@@ -153,6 +153,9 @@ class MemoryState:
     recent_event_ids: tuple[str, ...] = ()
     flush_seq: int = 0
     flush_pending: bool = False
+    # Offset of the event whose apply requested the pending flush: its redelivery re-requests
+    # the flush, so a crash between the state write and the flush command loses nothing.
+    flush_offset: int = -1
     last_flush_at_ms: int | None = None
     last_tokens_saved: int = 0
     tokens_saved_total: int = 0
@@ -183,6 +186,7 @@ class Snapshot:
     last_offset: int
     flush_seq: int
     flush_pending: bool
+    flush_offset: int
     last_flush_at_ms: int | None
     last_tokens_saved: int
     tokens_saved_total: int
@@ -204,6 +208,7 @@ class Snapshot:
             last_offset=self.last_offset,
             flush_seq=self.flush_seq,
             flush_pending=self.flush_pending,
+            flush_offset=self.flush_offset,
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,

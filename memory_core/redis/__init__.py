@@ -6,7 +6,6 @@ from memory_core.redis.store import (
     KeyBatch,
     KeyOutcome,
     RedisMemoryStore,
-    Writer,
     WriteStatus,
 )
 
@@ -18,5 +17,4 @@ __all__ = [
     "RedisLockManager",
     "RedisMemoryStore",
     "WriteStatus",
-    "Writer",
 ]

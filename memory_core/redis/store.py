@@ -36,20 +36,17 @@ class WriteStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Writer:
-    """Who writes: a lock owner id and, for a partition consumer, that partition's epoch."""
-
-    owner: str
-    epoch: int = -1
-
-
-@dataclass(frozen=True, slots=True)
 class KeyBatch:
-    """The events of one memory in one fetched batch, in log order."""
+    """The events of one memory in one fetched batch, in log order.
+
+    ``epoch`` is the writer's partition epoch (-1: not a partition consumer): a write with an
+    epoch older than the memory's last writer's is refused as fenced.
+    """
 
     memory_key: str
     policy: MemoryPolicy
     events: Sequence[LoggedEvent]
+    epoch: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +93,8 @@ class RedisMemoryStore:
             for k in memory_keys:
                 self._cache.pop(k, None)
 
-    async def apply(self, batches: Sequence[KeyBatch], writer: Writer) -> list[KeyOutcome]:
-        """Apply each key's events under its lock; keys locked or raced are retried in bulk.
+    async def apply(self, batches: Sequence[KeyBatch], owner: str) -> list[KeyOutcome]:
+        """Apply each key's events under its lock (held as ``owner``); locked or raced keys retry.
 
         Retries stop at the policy's acquire timeout; the outcome then says why the key was
         refused. Nothing is written for a refused key.
@@ -107,7 +104,7 @@ class RedisMemoryStore:
         started = time.monotonic()
         delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
         while pending:
-            for outcome in await self._round(list(pending.values()), writer):
+            for outcome in await self._round(list(pending.values()), owner):
                 batch = pending[outcome.memory_key]
                 elapsed = time.monotonic() - started
                 if outcome.status in _RETRIED and elapsed < batch.policy.acquire_timeout_s:
@@ -119,7 +116,7 @@ class RedisMemoryStore:
                 delay = min(delay * 2, 0.5)
         return [outcomes[b.memory_key] for b in batches]
 
-    async def _round(self, batches: list[KeyBatch], writer: Writer) -> list[KeyOutcome]:
+    async def _round(self, batches: list[KeyBatch], owner: str) -> list[KeyOutcome]:
         acquire_calls = []
         for b in batches:
             k = self.keys(b.memory_key)
@@ -129,7 +126,7 @@ class RedisMemoryStore:
                 Call(
                     ACQUIRE,
                     (k.lock, k.fence, k.meta, k.order, k.msgs),
-                    (writer.owner, b.policy.lock_ttl_ms, known),
+                    (owner, b.policy.lock_ttl_ms, known),
                 )
             )
         replies = await self._scripts.run_many(acquire_calls)
@@ -152,9 +149,9 @@ class RedisMemoryStore:
             new = _next(cached, result.state)
             k = self.keys(b.memory_key)
             args: list[str | int | float] = [
-                writer.owner,
+                owner,
                 token,
-                writer.epoch,
+                b.epoch,
                 version,
                 b.policy.ttl_ms,
                 len(new.removed),
@@ -192,6 +189,11 @@ class RedisMemoryStore:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    async def new_epoch(self, scope: str) -> int:
+        """A fresh, strictly increasing epoch for ``scope`` (e.g. one topic partition)."""
+        async with translate_redis_errors():
+            return int(await self.redis.incr(f"{self.prefix}:epoch:{scope}"))
+
     async def applied_offset(self, memory_key: str) -> int:
         """The last log offset applied to ``memory_key`` (-1 if none)."""
         async with translate_redis_errors():
@@ -216,6 +218,7 @@ class RedisMemoryStore:
             last_offset=state.last_offset,
             flush_seq=state.flush_seq,
             flush_pending=state.flush_pending,
+            flush_offset=state.flush_offset,
             last_flush_at_ms=state.last_flush_at_ms,
             last_tokens_saved=state.last_tokens_saved,
             tokens_saved_total=state.tokens_saved_total,

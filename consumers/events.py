@@ -1,0 +1,176 @@
+"""Wire records (Avro dicts) to and from domain events."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from consumers.catalog import CatalogEntry, MemoryCatalog
+from memory_core import (
+    DeadLetterReason,
+    Draft,
+    FlushRequested,
+    Kind,
+    MemoryCleared,
+    MemoryEvent,
+    MemoryFlushed,
+    Message,
+    MessageAppended,
+    RejectedEventError,
+    Role,
+    ToolCall,
+    validate_memory_key,
+)
+from memory_core.errors import InvalidKeyError
+
+NS = "memstream.v1."
+APPENDED, CLEARED, FLUSH_REQUESTED, FLUSHED = (
+    NS + "MessageAppended",
+    NS + "MemoryCleared",
+    NS + "FlushRequested",
+    NS + "MemoryFlushed",
+)
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def envelope(
+    memory_key: str,
+    memory_id: str,
+    occurred_at_ms: int,
+    payload: tuple[str, dict[str, Any]],
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A memory-event record around ``payload`` (a ``(record name, fields)`` union branch)."""
+    return {
+        "event_id": event_id or uuid.uuid4().hex,
+        "memory_key": memory_key,
+        "memory_id": memory_id,
+        "occurred_at": occurred_at_ms,
+        "payload": payload,
+    }
+
+
+def appended_payload(draft: Draft) -> tuple[str, dict[str, Any]]:
+    """The MessageAppended branch for ``draft``."""
+    return APPENDED, {
+        "id": draft.id,
+        "role": draft.role.value,
+        "content": draft.content,
+        "name": draft.name,
+        "metadata": dict(draft.metadata),
+        "tool_call_id": draft.tool_call_id,
+        "tool_calls": [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in draft.tool_calls
+        ],
+    }
+
+
+def flushed_payload(
+    flush_seq: int, summary: Message | None, tokens_saved: int
+) -> tuple[str, dict[str, Any]]:
+    """The MemoryFlushed branch."""
+    body = (
+        None
+        if summary is None
+        else {"id": summary.id, "content": summary.content, "covers": list(summary.covers)}
+    )
+    return FLUSHED, {"flush_seq": flush_seq, "summary": body, "tokens_saved": tokens_saved}
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded event ready to apply, or None when privacy rules drop it."""
+
+    memory_key: str
+    entry: CatalogEntry
+    event: MemoryEvent | None
+
+
+def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryCatalog) -> Decoded:
+    """Validate a decoded record and build its domain event (redacted, token-counted).
+
+    Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply.
+    """
+    memory_key = record.get("memory_key", "")
+    try:
+        validate_memory_key(memory_key)
+    except InvalidKeyError as exc:
+        raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
+    if record_key is not None and record_key.decode("utf-8", "replace") != memory_key:
+        raise RejectedEventError(
+            DeadLetterReason.INVALID_KEY, "record key differs from the event's memory_key"
+        )
+    entry = catalog.get(record.get("memory_id", ""))
+    if entry is None:
+        raise RejectedEventError(
+            DeadLetterReason.UNKNOWN_MEMORY, f"no memory resource {record.get('memory_id')!r}"
+        )
+    event_id = record["event_id"]
+    kind, body = record["payload"]
+    try:
+        if kind == APPENDED:
+            return Decoded(memory_key, entry, _appended(event_id, body, record, entry))
+        if kind == CLEARED:
+            return Decoded(memory_key, entry, MemoryCleared(event_id))
+        if kind == FLUSH_REQUESTED:
+            return Decoded(memory_key, entry, FlushRequested(event_id))
+        if kind == FLUSHED:
+            return Decoded(memory_key, entry, _flushed(event_id, body, record, entry))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"{kind}: {exc}") from None
+    raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
+
+
+def _appended(
+    event_id: str, body: dict[str, Any], record: dict[str, Any], entry: CatalogEntry
+) -> MessageAppended | None:
+    role = Role(body["role"])
+    if not body["id"]:
+        raise ValueError("message id is empty")
+    privacy = entry.policy.privacy
+    if not privacy.persists(role):
+        return None
+    if role is Role.TOOL and not body.get("tool_call_id"):
+        raise ValueError("a tool message needs tool_call_id")
+    draft = Draft(
+        id=body["id"],
+        role=role,
+        content=body["content"],
+        created_at_ms=_ms(record["occurred_at"]),
+        name=body.get("name"),
+        metadata=body.get("metadata") or {},
+        tool_call_id=body.get("tool_call_id"),
+        tool_calls=tuple(
+            ToolCall(c["id"], c["name"], c["arguments"]) for c in body.get("tool_calls") or ()
+        ),
+    )
+    content = privacy.redact(draft.content)
+    tokens = entry.counter.message_tokens(role.value, content, draft.name, draft.tool_calls)
+    return MessageAppended(event_id, draft.counted(content, tokens))
+
+
+def _flushed(
+    event_id: str, body: dict[str, Any], record: dict[str, Any], entry: CatalogEntry
+) -> MemoryFlushed:
+    at = _ms(record["occurred_at"])
+    raw = body.get("summary")
+    summary = None
+    if raw is not None:
+        content = entry.policy.privacy.redact(raw["content"])
+        summary = Message(
+            id=raw["id"],
+            role=Role.SYSTEM,
+            content=content,
+            tokens=entry.counter.message_tokens(Role.SYSTEM.value, content),
+            created_at_ms=at,
+            kind=Kind.SUMMARY,
+            covers=tuple(raw["covers"]),
+        )
+    return MemoryFlushed(event_id, int(body["flush_seq"]), summary, at)

@@ -1,0 +1,75 @@
+"""OpenTelemetry tracing and metrics: one ``Telemetry`` object handed to every component."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.trace import Link, Tracer, TracerProvider, get_current_span
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def inject_headers() -> list[tuple[str, bytes]]:
+    """The current trace context as Kafka record headers (W3C ``traceparent``)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_context(headers: Headers | None) -> otel_context.Context:
+    """The trace context carried by record headers (empty context if none)."""
+    carrier = {k: v.decode("latin-1") for k, v in headers or () if v is not None}
+    return propagate.extract(carrier)
+
+
+def link_from(headers: Headers | None) -> Link | None:
+    """A span link to the producer's span, if the headers carry one."""
+    span = get_current_span(extract_context(headers))
+    ctx = span.get_span_context()
+    return Link(ctx) if ctx.is_valid else None
+
+
+class Telemetry:
+    """The tracer and every instrument memstream records."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider or SdkTracerProvider()
+        self.meter_provider = meter_provider or SdkMeterProvider()
+        self.tracer: Tracer = self.tracer_provider.get_tracer("memstream")
+        meter: Meter = self.meter_provider.get_meter("memstream")
+        self.events_applied = meter.create_counter("memstream.events.applied", "{event}")
+        self.events_deduplicated = meter.create_counter("memstream.events.deduplicated", "{event}")
+        self.events_dead_lettered = meter.create_counter(
+            "memstream.events.dead_lettered", "{event}"
+        )
+        self.tokens_appended = meter.create_counter("memstream.tokens.appended", "{token}")
+        self.tokens_evicted = meter.create_counter("memstream.tokens.evicted", "{token}")
+        self.tokens_saved = meter.create_counter("memstream.tokens.saved", "{token}")
+        self.evictions = meter.create_counter("memstream.evictions", "{message}")
+        self.flushes_requested = meter.create_counter("memstream.flushes.requested", "{flush}")
+        self.flushes_completed = meter.create_counter("memstream.flushes.completed", "{flush}")
+        self.apply_latency = meter.create_histogram("memstream.apply.latency", "ms")
+        self.end_to_end_latency = meter.create_histogram("memstream.end_to_end.latency", "ms")
+        self.batch_size = meter.create_histogram("memstream.batch.size", "{event}")
+        self.lock_contention = meter.create_counter("memstream.lock.contention", "{key}")
+        self.lock_wait = meter.create_histogram("memstream.lock.wait", "ms")
+        self._lag_sources: list[Callable[[], Mapping[tuple[str, int], int]]] = []
+        meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
+
+    def add_lag_source(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        """Register a callable giving lag per (topic, partition), read at each collection."""
+        self._lag_sources.append(source)
+
+    def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for source in self._lag_sources:
+            for (topic, partition), lag in source().items():
+                yield Observation(lag, {"topic": topic, "partition": partition})
