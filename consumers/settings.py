@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
 
     key_prefix: str = "memstream"
+    memories_file: Path = Path("memories.yaml")
 
     @property
     def resolved_encodings_dir(self) -> Path:

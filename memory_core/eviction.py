@@ -46,6 +46,7 @@ class EventResult:
     reason: DeadLetterReason | None = None
     detail: str = ""
     evicted: tuple[Message, ...] = ()
+    tokens_saved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +260,9 @@ class TokenMemoryManager:
         work.last_tokens_saved = saved
         work.tokens_saved_total += saved
         evicted.extend(self._evict(work))
-        return EventResult(offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted))
+        return EventResult(
+            offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted), tokens_saved=saved
+        )
 
     def _evict(self, work: _Work) -> list[Message]:
         evicted: list[Message] = []

@@ -1,0 +1,394 @@
+"""The apply consumer: memory events from Kafka into Redis, exactly-once in effect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from consumers.catalog import MemoryCatalog
+from consumers.deadletter import dead_letter_headers
+from consumers.events import to_domain
+from consumers.settings import Settings
+from consumers.telemetry import Telemetry, link_from
+from memory_core import (
+    DeadLetterReason,
+    LoggedEvent,
+    MemstreamError,
+    MessageAppended,
+    Outcome,
+    RejectedEventError,
+)
+from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
+from schemas import FLUSH_COMMAND, MEMORY_EVENT, AvroCodec, DecodeError, UnknownSchemaError
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+@dataclass(slots=True)
+class _KeyWork:
+    batch_events: list[LoggedEvent] = field(default_factory=list)
+    records: dict[int, Record] = field(default_factory=dict)
+    memory_id: str = ""
+    partition: TopicPartition | None = None
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one fetched batch did (for progress views and tests)."""
+
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    evicted: int = 0
+    flushes_requested: int = 0
+    tokens_saved: int = 0
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    retried_partitions: list[TopicPartition] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: ApplyConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.owner._on_assigned(assigned)
+
+
+class ApplyConsumer:
+    """Consumes memory events, applies them per key under lock, commits only what Redis holds."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: MemoryCatalog,
+        store: RedisMemoryStore,
+        codec: AvroCodec,
+        telemetry: Telemetry,
+        max_records: int = 2000,
+        revoke_timeout_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.codec = codec
+        self.telemetry = telemetry
+        self.max_records = max_records
+        self.revoke_timeout_s = revoke_timeout_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._epochs: dict[TopicPartition, int] = {}
+        self._fenced: set[TopicPartition] = set()
+        self._processing = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.totals = BatchReport()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, join the group (idempotent)."""
+        if self._consumer is not None:
+            return
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer.subscribe([self.settings.events_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self.telemetry.add_lag_source(self.lag)
+
+    async def stop(self) -> None:
+        """Finish the in-flight batch, then leave the group and disconnect (idempotent)."""
+        self._stopping.set()
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            async with self._processing:
+                await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Process batches until ``stop`` is set or ``stop()`` is called."""
+        backoff = 0.1
+        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
+            try:
+                await self.step()
+                backoff = 0.1
+            except (MemstreamError, KafkaError, OSError) as exc:
+                log.warning("apply batch failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # -- rebalance -----------------------------------------------------------------------------
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self._epochs[tp] = await self.store.new_epoch(f"{tp.topic}:{tp.partition}")
+            self._fenced.discard(tp)
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Let the in-flight batch finish and commit (bounded); after that it would be abandoned
+        # uncommitted and redelivered to the new owner, which is safe.
+        try:
+            await asyncio.wait_for(self._processing.acquire(), self.revoke_timeout_s)
+        except TimeoutError:
+            log.warning("revoke: in-flight batch still running after %ss", self.revoke_timeout_s)
+        else:
+            self._processing.release()
+        for tp in revoked:
+            self._epochs.pop(tp, None)
+            self._fenced.discard(tp)
+        self.store.forget()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the high watermark, per assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            with contextlib.suppress(Exception):
+                if high is not None:
+                    out[(tp.topic, tp.partition)] = max(high - consumer.last_stable_offset(tp), 0)
+        return out
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    async def step(self, timeout_ms: int = 200) -> BatchReport:
+        """Fetch one batch and process it fully (apply, dead-letter, flush commands, commit)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("ApplyConsumer.start() was not called")
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
+        fetched = {tp: recs for tp, recs in fetched.items() if recs and tp not in self._fenced}
+        if not fetched:
+            return BatchReport()
+        async with self._processing:
+            try:
+                report = await self._process(consumer, fetched)
+            except BaseException:
+                # Nothing of this batch is committed: rewind so it is fetched again.
+                for tp, recs in fetched.items():
+                    if tp in consumer.assignment():
+                        consumer.seek(tp, recs[0].offset)
+                raise
+        _accumulate(self.totals, report)
+        return report
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Record]]
+    ) -> BatchReport:
+        started = time.perf_counter()
+        report = BatchReport(records=sum(len(r) for r in fetched.values()))
+        self.telemetry.batch_size.record(report.records)
+        dead: list[tuple[Record, DeadLetterReason, str]] = []
+        work: dict[str, _KeyWork] = defaultdict(_KeyWork)
+        for tp, records in fetched.items():
+            for rec in records:
+                try:
+                    record = self.codec.decode(MEMORY_EVENT, rec.value)
+                    decoded = to_domain(record, rec.key, self.catalog)
+                except UnknownSchemaError as exc:
+                    dead.append((rec, DeadLetterReason.UNKNOWN_SCHEMA, str(exc)))
+                    continue
+                except DecodeError as exc:
+                    dead.append((rec, DeadLetterReason.UNDECODABLE, str(exc)))
+                    continue
+                except RejectedEventError as exc:
+                    dead.append((rec, exc.reason, exc.detail))
+                    continue
+                if decoded.event is None:
+                    continue
+                w = work[decoded.memory_key]
+                w.batch_events.append(LoggedEvent(rec.offset, decoded.event))
+                w.records[rec.offset] = rec
+                w.memory_id = decoded.entry.config.id
+                w.partition = tp
+
+        batches = [
+            KeyBatch(
+                key,
+                entry.policy,
+                w.batch_events,
+                epoch=self._epochs.get(w.partition, -1) if w.partition is not None else -1,
+            )
+            for key, w in work.items()
+            if (entry := self.catalog.get(w.memory_id)) is not None
+        ]
+        outcomes = await self.store.apply(batches, self.owner) if batches else []
+
+        failed: set[TopicPartition] = set()
+        out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        for outcome in outcomes:
+            w = work[outcome.memory_key]
+            assert w.partition is not None
+            if outcome.status is not WriteStatus.APPLIED or outcome.result is None:
+                failed.add(w.partition)
+                self._refused(w.partition, outcome)
+                continue
+            self._record_outcome(outcome, w, report, dead, out)
+
+        for rec, reason, detail in dead:
+            report.dead_lettered += 1
+            self.telemetry.events_dead_lettered.add(1, {"reason": reason.value})
+            out.append(
+                (
+                    self.settings.dlq_topic,
+                    rec.key,
+                    rec.value or b"",
+                    dead_letter_headers(rec, reason, detail),
+                )
+            )
+        await self._send_all(out)
+
+        commit: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            if tp in failed:
+                consumer.seek(tp, records[0].offset)
+                report.retried_partitions.append(tp)
+            else:
+                commit[tp] = records[-1].offset + 1
+        if commit:
+            await asyncio.shield(consumer.commit(commit))
+            report.committed = commit
+        self.telemetry.apply_latency.record((time.perf_counter() - started) * 1000)
+        return report
+
+    def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
+        if outcome.status is WriteStatus.FENCED:
+            # A newer owner of this partition wrote the memory: we are a zombie for it.
+            log.warning("partition %s fenced on %s (%s)", tp, outcome.memory_key, outcome.detail)
+            self._fenced.add(tp)
+        else:
+            self.telemetry.lock_contention.add(1, {"status": outcome.status.value})
+            log.info("memory %s refused (%s); retrying", outcome.memory_key, outcome.status)
+
+    def _record_outcome(
+        self,
+        outcome: KeyOutcome,
+        w: _KeyWork,
+        report: BatchReport,
+        dead: list[tuple[Record, DeadLetterReason, str]],
+        out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]],
+    ) -> None:
+        assert outcome.result is not None
+        now_ms = time.time_ns() // 1_000_000
+        events = {e.offset: e for e in w.batch_events}
+        links = [
+            link
+            for rec in list(w.records.values())[:32]
+            if (link := link_from(rec.headers)) is not None
+        ]
+        with self.telemetry.tracer.start_as_current_span(
+            "memstream.apply",
+            links=links,
+            attributes={
+                "memstream.memory_id": w.memory_id,
+                "memstream.events": len(w.batch_events),
+            },
+        ) as span:
+            for r in outcome.result.results:
+                rec = w.records[r.offset]
+                if r.outcome is Outcome.APPLIED:
+                    report.applied += 1
+                    self.telemetry.events_applied.add(1, {"memory_id": w.memory_id})
+                    event = events[r.offset].event
+                    if isinstance(event, MessageAppended):
+                        self.telemetry.tokens_appended.add(event.message.tokens)
+                        self.telemetry.end_to_end_latency.record(
+                            max(now_ms - event.message.created_at_ms, 0)
+                        )
+                elif r.outcome in (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID):
+                    report.duplicates += 1
+                    self.telemetry.events_deduplicated.add(1, {"kind": r.outcome.value})
+                elif r.outcome is Outcome.REJECTED and r.reason is not None:
+                    dead.append((rec, r.reason, r.detail))
+                if r.tokens_saved:
+                    report.tokens_saved += r.tokens_saved
+                    self.telemetry.tokens_saved.add(r.tokens_saved)
+                    self.telemetry.flushes_completed.add(1)
+                if r.evicted:
+                    report.evicted += len(r.evicted)
+                    self.telemetry.evictions.add(len(r.evicted))
+                    self.telemetry.tokens_evicted.add(sum(m.tokens for m in r.evicted))
+            state = outcome.result.state
+            span.set_attribute("memstream.flushes_requested", len(outcome.result.flush_requests))
+            for seq in outcome.result.flush_requests:
+                report.flushes_requested += 1
+                self.telemetry.flushes_requested.add(1)
+                command = {
+                    "command_id": f"{outcome.memory_key}:{seq}",
+                    "memory_key": outcome.memory_key,
+                    "memory_id": w.memory_id,
+                    "flush_seq": seq,
+                    "requested_at": now_ms,
+                    "source_offset": state.flush_offset,
+                }
+                # The command carries the trace of the event that requested the flush.
+                origin = w.records.get(state.flush_offset)
+                headers = list(origin.headers or ()) if origin is not None else []
+                value = self.codec.encode(FLUSH_COMMAND, command)
+                out.append((self.settings.flush_topic, outcome.memory_key.encode(), value, headers))
+
+    async def _send_all(
+        self, out: Sequence[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
+    ) -> None:
+        if not out:
+            return
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("ApplyConsumer is stopped")
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers in out
+        ]
+        await asyncio.gather(*futures)
+
+
+def _accumulate(total: BatchReport, r: BatchReport) -> None:
+    total.records += r.records
+    total.applied += r.applied
+    total.duplicates += r.duplicates
+    total.dead_lettered += r.dead_lettered
+    total.evicted += r.evicted
+    total.flushes_requested += r.flushes_requested
+    total.tokens_saved += r.tokens_saved

@@ -1,0 +1,122 @@
+"""The composition root: builds every adapter from settings and hands them in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
+
+from consumers.catalog import MemoryCatalog
+from consumers.producer import MemoryProducer
+from consumers.settings import Settings
+from consumers.telemetry import Telemetry
+from memory_core import EncodingRegistry, HybridFlushingStrategy
+from memory_core.redis import RedisLockManager, RedisMemoryStore
+from memory_core.temporal import FlushActivities
+from schemas import AvroCodec, ConfluentRegistry, EmbeddedRegistry, SchemaRegistry
+
+
+def make_redis(settings: Settings) -> Redis:
+    """A Redis client from settings (URL, ACL user/password, TLS CA)."""
+    kwargs: dict[str, object] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_socket_timeout_s,
+        "decode_responses": False,
+    }
+    if settings.redis_username:
+        kwargs["username"] = settings.redis_username
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password
+    if settings.redis_ssl_ca_certs is not None:
+        kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
+    return Redis.from_url(settings.redis_url, **kwargs)  # type: ignore[arg-type]
+
+
+def make_registry(settings: Settings) -> SchemaRegistry:
+    """The Confluent registry when configured, else the embedded one."""
+    if settings.schema_registry_url:
+        return ConfluentRegistry(settings.schema_registry_url)
+    return EmbeddedRegistry()
+
+
+def make_catalog(settings: Settings, encodings: EncodingRegistry | None = None) -> MemoryCatalog:
+    """Memory resources from the memories file."""
+    return MemoryCatalog.from_file(
+        settings.memories_file, encodings or EncodingRegistry(settings.resolved_encodings_dir)
+    )
+
+
+async def connect_temporal(settings: Settings, telemetry: Telemetry) -> Client:
+    """A Temporal client whose spans join memstream's traces."""
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        interceptors=[TracingInterceptor(telemetry.tracer)],
+    )
+
+
+def strategy_lookup(catalog: MemoryCatalog) -> dict[str, HybridFlushingStrategy]:
+    """The flushing strategy of every memory resource of the catalog."""
+    out: dict[str, HybridFlushingStrategy] = {}
+    for memory_id in catalog.ids:
+        entry = catalog.get(memory_id)
+        assert entry is not None
+        out[memory_id] = HybridFlushingStrategy(
+            entry.config.flushing, entry.config.budget, entry.counter
+        )
+    return out
+
+
+@dataclass
+class App:
+    """Every adapter one process needs, built once."""
+
+    settings: Settings
+    telemetry: Telemetry
+    redis: Redis
+    store: RedisMemoryStore
+    locks: RedisLockManager
+    catalog: MemoryCatalog
+    codec: AvroCodec
+    producer: MemoryProducer
+
+    def flush_activities(self) -> FlushActivities:
+        """The flush activity bound to this process's store and producer."""
+        strategies = strategy_lookup(self.catalog)
+        return FlushActivities(store=self.store, publisher=self.producer, strategies=strategies.get)
+
+
+@asynccontextmanager
+async def build_app(
+    settings: Settings | None = None, telemetry: Telemetry | None = None
+) -> AsyncIterator[App]:
+    """Build, start and (on exit) stop the shared adapters."""
+    settings = settings or Settings()
+    telemetry = telemetry or Telemetry()
+    async with AsyncExitStack() as stack:
+        redis = make_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        catalog = make_catalog(settings)
+        codec = AvroCodec(make_registry(settings))
+        producer = MemoryProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            topic=settings.events_topic,
+            codec=codec,
+            telemetry=telemetry,
+            catalog=catalog,
+        )
+        await stack.enter_async_context(producer)
+        yield App(
+            settings=settings,
+            telemetry=telemetry,
+            redis=redis,
+            store=RedisMemoryStore(redis, prefix=settings.key_prefix),
+            locks=RedisLockManager(redis, prefix=settings.key_prefix),
+            catalog=catalog,
+            codec=codec,
+            producer=producer,
+        )

@@ -1,0 +1,127 @@
+"""The flush dispatcher: flush commands from Kafka into FlushMemory workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from opentelemetry import context as otel_context
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from consumers.settings import Settings
+from consumers.telemetry import Telemetry, extract_context
+from memory_core.temporal import FlushInput, FlushMemory, workflow_id
+from schemas import FLUSH_COMMAND, AvroCodec, DecodeError
+
+log = logging.getLogger(__name__)
+
+
+class FlushDispatcher:
+    """Starts one FlushMemory workflow per flush command; commits after Temporal accepted it."""
+
+    def __init__(
+        self, *, settings: Settings, client: Client, codec: AvroCodec, telemetry: Telemetry
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.codec = codec
+        self.telemetry = telemetry
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self.started = 0
+        self.duplicates = 0
+        self.malformed = 0
+
+    async def start(self) -> None:
+        """Join the dispatcher group (idempotent)."""
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                self.settings.flush_topic,
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=self.settings.dispatcher_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Leave the group (idempotent)."""
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Dispatch until stopped; Temporal or Kafka outages back off and retry."""
+        backoff = 0.2
+        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
+            try:
+                await self.step()
+                backoff = 0.2
+            except (KafkaError, RPCError, OSError) as exc:
+                log.warning("dispatch failed, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def step(self, timeout_ms: int = 200) -> int:
+        """Dispatch one fetched batch; returns how many commands it handled."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("FlushDispatcher.start() was not called")
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+        handled = 0
+        for tp, records in fetched.items():
+            try:
+                for rec in records:
+                    await self._dispatch(rec.value, rec.headers)
+                    handled += 1
+            except BaseException:
+                consumer.seek(tp, records[0].offset)
+                raise
+            await asyncio.shield(consumer.commit({tp: records[-1].offset + 1}))
+        return handled
+
+    async def _dispatch(self, value: bytes | None, headers: object) -> None:
+        try:
+            command = self.codec.decode(FLUSH_COMMAND, value)
+        except DecodeError as exc:
+            self.malformed += 1
+            log.error("malformed flush command skipped: %s", exc)
+            return
+        request = FlushInput(command["memory_key"], command["memory_id"], command["flush_seq"])
+        wf_id = workflow_id(request.memory_key, request.flush_seq)
+        token = otel_context.attach(extract_context(headers))  # type: ignore[arg-type]
+        try:
+            with self.telemetry.tracer.start_as_current_span(
+                "memstream.dispatch", attributes={"memstream.flush_seq": request.flush_seq}
+            ):
+                await self.client.start_workflow(
+                    FlushMemory.run,
+                    request,
+                    id=wf_id,
+                    task_queue=self.settings.temporal_task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )
+            self.started += 1
+        except WorkflowAlreadyStartedError:
+            # This flush already ran: the duplicate command collapses into it.
+            self.duplicates += 1
+        finally:
+            otel_context.detach(token)
