@@ -18,9 +18,12 @@ from memory_core.errors import (
     DeadLetterReason,
     EncodingUnavailableError,
     InvalidKeyError,
+    LockLostError,
+    LockNotAcquiredError,
     MemstreamError,
     NothingToFlushError,
     RejectedEventError,
+    StoreUnavailableError,
 )
 from memory_core.eviction import ApplyResult, EventResult, Outcome, TokenMemoryManager
 from memory_core.flushing import FlushPlan, HybridFlushingStrategy, flush_due
@@ -84,7 +87,9 @@ __all__ = [
     "InvalidKeyError",
     "KeyTemplate",
     "Kind",
+    "LockLostError",
     "LockManager",
+    "LockNotAcquiredError",
     "LockingConfig",
     "LoggedEvent",
     "MemoryCleared",
@@ -108,6 +113,7 @@ __all__ = [
     "RejectedEventError",
     "Role",
     "Snapshot",
+    "StoreUnavailableError",
     "SystemClock",
     "TokenAllocation",
     "TokenCounter",

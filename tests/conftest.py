@@ -7,6 +7,8 @@ import pytest
 from consumers.settings import Settings
 from memory_core import EncodingRegistry, TokenCounter
 
+pytest_plugins = ["tests.services"]
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:

@@ -1,0 +1,191 @@
+"""The Redis apply step against real Redis: equal to the pure model, fenced, locked, atomic."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from memory_core import (
+    Category,
+    LoggedEvent,
+    MemoryConfig,
+    MemoryPolicy,
+    MemoryState,
+    Role,
+    parse_config,
+)
+from memory_core.redis import KeyBatch, RedisLockManager, RedisMemoryStore, WriteStatus
+from tests.strategies import (
+    appended,
+    batches,
+    event_logs,
+    flushed,
+    memory_configs,
+    message,
+    summary,
+)
+
+
+def _policy(**overrides: object) -> MemoryPolicy:
+    base: dict[str, object] = {
+        "id": "store-test",
+        "key": "u:{user}",
+        "max_tokens": 200,
+        "token_allocation": {"system": 0.25, "short_term": 0.5, "long_term": 0.25},
+        "locking": {"ttl": "2s", "acquire_timeout": "300ms", "retry_backoff": "10ms"},
+        "persistence": {"ttl": "1h"},
+    }
+    base.update(overrides)
+    return MemoryPolicy.of(parse_config(base))
+
+
+def _user_log(n: int, start: int = 0, tokens: int = 10) -> list[LoggedEvent]:
+    return [
+        LoggedEvent(i, appended(message(f"m{i}", Role.USER, tokens), f"e{i}"))
+        for i in range(start, start + n)
+    ]
+
+
+def _assert_counters_match(state: MemoryState, tokens: dict[Category, int], total: int) -> None:
+    assert tokens == state.tokens_by_category()
+    assert total == len(state.messages)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), config=memory_configs())
+async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
+    redis: Redis, data: st.DataObject, config: MemoryConfig
+) -> None:
+    log = data.draw(event_logs())
+    cuts = data.draw(batches(log))
+    policy = MemoryPolicy.of(config)
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    key = "agent:a:user:u"
+    requested: list[int] = []
+    for batch in cuts:
+        # A fresh store per batch: no cached state, every batch reads Redis back.
+        fresh = RedisMemoryStore(redis, prefix=store.prefix)
+        (outcome,) = await fresh.apply([KeyBatch(key, policy, batch)], "writer")
+        assert outcome.status is WriteStatus.APPLIED
+        assert outcome.result is not None
+        requested.extend(outcome.result.flush_requests)
+    expected = policy.manager.apply(MemoryState(), log)
+    snap = await store.read(key)
+    assert snap.messages == expected.state.messages
+    assert snap.state() == dataclasses.replace(expected.state, recent_event_ids=())
+    _assert_counters_match(expected.state, snap.tokens, snap.total_messages)
+    assert requested == list(expected.flush_requests)
+
+
+async def test_a_batch_over_many_keys_costs_two_round_trips(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    keys = [f"u:{i}" for i in range(200)]
+    outcomes = await store.apply([KeyBatch(k, policy, _user_log(5)) for k in keys], "w")
+    assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
+    assert store.round_trips == 2
+
+
+async def test_redelivered_batches_change_nothing(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    log = _user_log(12)
+    await store.apply([KeyBatch("u:1", policy, log)], "w")
+    before = await store.read("u:1")
+    for again in (log, log[3:7], log[-1:]):
+        (outcome,) = await RedisMemoryStore(redis, prefix=store.prefix).apply(
+            [KeyBatch("u:1", policy, again)], "w2"
+        )
+        assert outcome.result is not None
+        assert outcome.result.applied == 0
+    after = await store.read("u:1")
+    assert after.messages == before.messages
+    assert after.tokens == before.tokens
+
+
+async def test_concurrent_interleaved_writers_end_in_the_reference_state(redis: Redis) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    policy = _policy(locking={"ttl": "2s", "acquire_timeout": "20s", "retry_backoff": "1ms"})
+    log = _user_log(60, tokens=7)
+    # Twenty writers, each with its own cache, replaying overlapping slices in random order.
+    slices = [log[i : i + 15] for i in range(0, 60, 5)] + [log[:30], log[30:], log]
+    stores = [RedisMemoryStore(redis, prefix=prefix) for _ in slices]
+
+    async def write(store: RedisMemoryStore, events: list[LoggedEvent], n: int) -> None:
+        (outcome,) = await store.apply([KeyBatch("u:c", policy, events)], f"writer-{n}")
+        assert outcome.status is WriteStatus.APPLIED, outcome
+
+    await asyncio.gather(*(write(s, sl, n) for n, (s, sl) in enumerate(zip(stores, slices))))
+    snap = await stores[0].read("u:c")
+    expected = policy.manager.apply(MemoryState(), log).state
+    assert [m.id for m in snap.messages] == [m.id for m in expected.messages]
+    _assert_counters_match(snap.state(), snap.tokens, snap.total_messages)
+    assert snap.last_offset == 59
+
+
+async def test_a_writer_with_an_older_partition_epoch_is_fenced(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    old_epoch = await store.new_epoch("events:0")
+    new_epoch = await store.new_epoch("events:0")
+    assert new_epoch > old_epoch
+    (ok,) = await store.apply([KeyBatch("u:z", policy, _user_log(3), epoch=new_epoch)], "new")
+    assert ok.status is WriteStatus.APPLIED
+    zombie = RedisMemoryStore(redis, prefix=store.prefix)
+    (refused,) = await zombie.apply(
+        [KeyBatch("u:z", policy, _user_log(2, start=3), epoch=old_epoch)], "zombie"
+    )
+    assert refused.status is WriteStatus.FENCED
+    snap = await store.read("u:z")
+    assert [m.id for m in snap.messages] == ["m0", "m1", "m2"]
+    assert snap.lock_holder is None
+
+
+async def test_a_memory_locked_by_another_owner_is_refused_not_written(redis: Redis) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisMemoryStore(redis, prefix=prefix)
+    locks = RedisLockManager(redis, prefix=prefix)
+    policy = _policy()
+    async with locks.hold("u:l", ttl=timedelta(seconds=5), timeout=timedelta(seconds=1)):
+        (outcome,) = await store.apply([KeyBatch("u:l", policy, _user_log(2))], "consumer")
+        assert outcome.status is WriteStatus.LOCKED
+        assert not (await store.read("u:l")).exists
+    (outcome,) = await store.apply([KeyBatch("u:l", policy, _user_log(2))], "consumer")
+    assert outcome.status is WriteStatus.APPLIED
+
+
+async def test_every_key_gets_the_ttl_and_each_write_refreshes_it(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy(persistence={"ttl": "30s"})
+    await store.apply([KeyBatch("u:t", policy, _user_log(2))], "w")
+    keys = store.keys("u:t")
+    for k in (keys.meta, keys.order, keys.msgs, keys.fence):
+        assert 25_000 < await redis.pttl(k) <= 30_000
+    await redis.pexpire(keys.meta, 1_000)
+    await store.apply([KeyBatch("u:t", policy, _user_log(1, start=2))], "w")
+    assert await redis.pttl(keys.meta) > 25_000
+
+
+async def test_a_flush_result_replaces_exactly_the_covered_messages(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    await store.apply([KeyBatch("u:f", policy, _user_log(6))], "w")
+    result = flushed(0, summary("s", 5, ["m1", "m2", "gone"]), event_id="f", created_at_ms=9)
+    await store.apply([KeyBatch("u:f", policy, [LoggedEvent(10, result)])], "w")
+    snap = await store.read("u:f")
+    assert [m.id for m in snap.messages] == ["m0", "s", "m3", "m4", "m5"]
+    assert snap.messages[1].covers == ("m1", "m2")
+    assert snap.tokens_saved_total == 15
+    page = await store.read("u:f", start=1, stop=2)
+    assert [m.id for m in page.messages] == ["s", "m3"]
+    assert page.total_messages == 5

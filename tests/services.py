@@ -1,0 +1,70 @@
+"""Session fixtures for the real local stack (Kafka, Redis, Temporal), per-test isolation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from consumers.bootstrap import make_redis
+from consumers.settings import Settings
+from consumers.stack import LocalStack
+from consumers.topics import ensure_topics, topic_names
+
+
+@pytest.fixture(scope="session")
+async def stack(settings: Settings) -> Settings:
+    """The local stack, started (idempotently) once per session; a missing service fails."""
+    statuses = await LocalStack(settings, echo=lambda _line: None).up_async()
+    down = [s.name for s in statuses if not s.up]
+    if down:
+        pytest.fail(f"local stack services not up: {', '.join(down)}")
+    return settings
+
+
+@pytest.fixture
+def names() -> str:
+    """A unique token for this test's topics, groups, task queue and key prefix."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def test_settings(stack: Settings, names: str) -> Settings:
+    """Settings whose topics, groups, task queue and key prefix belong to this test only."""
+    isolated = stack.model_copy(
+        update={
+            "events_topic": f"t.{names}.events",
+            "dlq_topic": f"t.{names}.dlq",
+            "flush_topic": f"t.{names}.flush",
+            "consumer_group": f"t.{names}.apply",
+            "dispatcher_group": f"t.{names}.dispatch",
+            "temporal_task_queue": f"t.{names}.flush",
+            "key_prefix": f"t{names}",
+            "topic_partitions": 4,
+        }
+    )
+    await ensure_topics(isolated, topic_names(isolated))
+    return isolated
+
+
+@pytest.fixture(scope="session")
+async def redis(stack: Settings) -> AsyncIterator[Redis]:
+    """A client of the stack's Redis."""
+    client = make_redis(stack)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(stack: Settings) -> Client:
+    """A client of the stack's Temporal server."""
+    return await Client.connect(stack.temporal_address, namespace=stack.temporal_namespace)
+
+
+@pytest.fixture
+def kafka_bootstrap(stack: Settings) -> str:
+    """The stack's Kafka bootstrap address."""
+    return stack.kafka_bootstrap
