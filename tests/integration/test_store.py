@@ -125,7 +125,8 @@ async def test_concurrent_interleaved_writers_end_in_the_reference_state(redis: 
         (outcome,) = await store.apply([KeyBatch("u:c", policy, events)], f"writer-{n}")
         assert outcome.status is WriteStatus.APPLIED, outcome
 
-    await asyncio.gather(*(write(s, sl, n) for n, (s, sl) in enumerate(zip(stores, slices))))
+    pairs = enumerate(zip(stores, slices, strict=True))
+    await asyncio.gather(*(write(s, sl, n) for n, (s, sl) in pairs))
     snap = await stores[0].read("u:c")
     expected = policy.manager.apply(MemoryState(), log).state
     assert [m.id for m in snap.messages] == [m.id for m in expected.messages]
