@@ -1,0 +1,66 @@
+"""The local stack against real processes: started, reported, and left alone when up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumers.settings import Settings
+from consumers.stack import LocalStack, ServiceStatus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="module")
+def stack(settings: Settings) -> LocalStack:
+    return LocalStack(settings)
+
+
+def _by_name(statuses: list[ServiceStatus]) -> dict[str, ServiceStatus]:
+    return {status.name: status for status in statuses}
+
+
+async def test_up_leaves_every_service_answering_where_settings_point(
+    stack: LocalStack, settings: Settings
+) -> None:
+    await stack.up_async()
+
+    statuses = _by_name(await stack.status_async())
+
+    assert set(statuses) == {"kafka", "redis", "temporal"}
+    assert all(status.up for status in statuses.values()), statuses
+    assert statuses["kafka"].endpoint.endswith(f":{settings.kafka_port}")
+    assert statuses["redis"].endpoint.endswith(f":{settings.redis_port}")
+    assert statuses["temporal"].endpoint.endswith(f":{settings.temporal_port}")
+
+
+async def test_up_again_keeps_the_running_processes(stack: LocalStack) -> None:
+    before = _by_name(await stack.up_async())
+
+    after = _by_name(await stack.up_async())
+
+    assert {name: s.pid for name, s in after.items()} == {name: s.pid for name, s in before.items()}
+    assert all(status.up for status in after.values())
+
+
+async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None:
+    unused = Settings(
+        stack_dir=tmp_path,
+        kafka_bootstrap="127.0.0.1:1",
+        redis_url="redis://127.0.0.1:2/0",
+        temporal_address="127.0.0.1:3",
+    )
+
+    statuses = await LocalStack(unused).status_async()
+
+    assert [(s.name, s.up, s.pid) for s in statuses] == [
+        ("kafka", False, None),
+        ("redis", False, None),
+        ("temporal", False, None),
+    ]
