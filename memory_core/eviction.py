@@ -76,6 +76,7 @@ class _Work:
 
     def __init__(self, state: MemoryState) -> None:
         self.messages = list(state.messages)
+        self.ids = {m.id for m in state.messages}
         self.totals = state.tokens_by_category()
         self.last_offset = state.last_offset
         self.recent_ids = list(state.recent_event_ids)
@@ -100,13 +101,19 @@ class _Work:
             tokens_saved_total=self.tokens_saved_total,
         )
 
-    def remove(self, indices: Iterable[int]) -> list[Message]:
+    def remove(self, indices: list[int]) -> list[Message]:
+        if len(indices) == 1:
+            m = self.messages.pop(indices[0])
+            self.totals[m.category] -= m.tokens
+            self.ids.discard(m.id)
+            return [m]
         gone = sorted(set(indices))
         removed = [self.messages[i] for i in gone]
         for i in reversed(gone):
             del self.messages[i]
         for m in removed:
             self.totals[m.category] -= m.tokens
+            self.ids.discard(m.id)
         return removed
 
 
@@ -123,6 +130,7 @@ class TokenMemoryManager:
         self.budget = budget
         self.flush_threshold = flush_threshold
         self.id_window = id_window
+        self._limits = {c: budget.of(c) for c in CATEGORIES}
 
     def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
         """Apply ``events`` in order; the same state and events always give the same result."""
@@ -176,6 +184,7 @@ class TokenMemoryManager:
             return EventResult(logged.offset, event.event_id, Outcome.APPLIED)
         if isinstance(event, MemoryCleared):
             work.messages.clear()
+            work.ids.clear()
             work.totals = dict.fromkeys(CATEGORIES, 0)
             work.flush_pending = False
             return EventResult(logged.offset, event.event_id, Outcome.APPLIED)
@@ -188,7 +197,7 @@ class TokenMemoryManager:
 
     def _append(self, work: _Work, offset: int, event: MessageAppended) -> EventResult:
         msg = event.message
-        limit = self.budget.of(msg.category)
+        limit = self._limits[msg.category]
         if msg.tokens > limit:
             return self._reject(
                 offset,
@@ -197,7 +206,7 @@ class TokenMemoryManager:
                 f"message {msg.id} costs {msg.tokens} tokens, its {msg.category.value} "
                 f"budget is {limit}",
             )
-        if any(m.id == msg.id for m in work.messages):
+        if msg.id in work.ids:
             return self._reject(
                 offset,
                 event.event_id,
@@ -213,6 +222,7 @@ class TokenMemoryManager:
                 "which no assistant message in memory made",
             )
         work.messages.append(msg)
+        work.ids.add(msg.id)
         work.totals[msg.category] += msg.tokens
         evicted = self._evict(work)
         return EventResult(offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted))
@@ -249,11 +259,14 @@ class TokenMemoryManager:
                 for j in present
             )
         ]
+        # Orphans follow their caller, so they all sit after present[0]: the position holds.
         position = present[0]
-        removed = work.remove(present)
-        evicted = work.remove(orphans) if orphans else []
+        gone = work.remove(present + orphans)
+        removed = [m for m in gone if m.id in removed_ids]
+        evicted = [m for m in gone if m.id not in removed_ids]
         stored = replace(summary, covers=tuple(m.id for m in removed))
         work.messages.insert(position, stored)
+        work.ids.add(stored.id)
         work.totals[Category.LONG_TERM] += stored.tokens
         saved = sum(m.tokens for m in removed) - stored.tokens
         work.last_flush_at_ms = event.created_at_ms
@@ -266,8 +279,7 @@ class TokenMemoryManager:
 
     def _evict(self, work: _Work) -> list[Message]:
         evicted: list[Message] = []
-        for category in CATEGORIES:
-            limit = self.budget.of(category)
+        for category, limit in self._limits.items():
             while work.totals[category] > limit:
                 oldest = next(i for i, m in enumerate(work.messages) if m.category is category)
                 evicted.extend(work.remove(tool_unit(work.messages, oldest)))

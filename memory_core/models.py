@@ -62,15 +62,18 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     # For a summary: the ids of the messages it replaced, oldest first.
     covers: tuple[str, ...] = ()
+    # Summaries count as long-term, system messages as system, the rest as short-term.
+    # Derived once here: eviction reads it for every message of every batch.
+    category: Category = field(init=False, compare=False, repr=False)
 
-    @property
-    def category(self) -> Category:
-        """Summaries count as long-term, system messages as system, the rest as short-term."""
+    def __post_init__(self) -> None:
         if self.kind is Kind.SUMMARY:
-            return Category.LONG_TERM
-        if self.role is Role.SYSTEM:
-            return Category.SYSTEM
-        return Category.SHORT_TERM
+            category = Category.LONG_TERM
+        elif self.role is Role.SYSTEM:
+            category = Category.SYSTEM
+        else:
+            category = Category.SHORT_TERM
+        object.__setattr__(self, "category", category)
 
 
 @dataclass(frozen=True, slots=True)

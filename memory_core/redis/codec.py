@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from memory_core.models import CATEGORIES, Kind, MemoryState, Message, Role, ToolCall
 
@@ -30,12 +31,12 @@ def encode_message(m: Message) -> str:
         body["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
     if m.covers:
         body["covers"] = list(m.covers)
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(body).decode()
 
 
 def decode_message(raw: str | bytes) -> Message:
     """The inverse of ``encode_message``."""
-    body = json.loads(raw)
+    body = orjson.loads(raw)
     return Message(
         id=body["id"],
         role=Role(body["role"]),
@@ -60,7 +61,6 @@ def state_meta(state: MemoryState, extra: Mapping[str, str | int]) -> dict[str, 
     totals = state.tokens_by_category()
     fields: dict[str, str | int] = {
         "last_offset": state.last_offset,
-        "recent_ids": json.dumps(list(state.recent_event_ids), separators=(",", ":")),
         "flush_seq": state.flush_seq,
         "flush_pending": int(state.flush_pending),
         "flush_offset": state.flush_offset,
@@ -75,14 +75,16 @@ def state_meta(state: MemoryState, extra: Mapping[str, str | int]) -> dict[str, 
     return fields
 
 
-def state_from(meta: Mapping[str, str], messages: tuple[Message, ...]) -> MemoryState:
-    """Rebuild a ``MemoryState`` from its ``meta`` hash and ordered messages."""
+def state_from(
+    meta: Mapping[str, str], messages: tuple[Message, ...], recent_ids: tuple[str, ...] = ()
+) -> MemoryState:
+    """Rebuild a ``MemoryState`` from its ``meta`` hash, ordered messages and recent ids."""
     if not meta:
-        return MemoryState(messages=messages)
+        return MemoryState(messages=messages, recent_event_ids=recent_ids)
     return MemoryState(
         messages=messages,
         last_offset=int(meta.get("last_offset", -1)),
-        recent_event_ids=tuple(json.loads(meta.get("recent_ids", "[]"))),
+        recent_event_ids=recent_ids,
         flush_seq=int(meta.get("flush_seq", 0)),
         flush_pending=meta.get("flush_pending", "0") == "1",
         flush_offset=int(meta.get("flush_offset", -1)),

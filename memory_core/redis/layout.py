@@ -14,9 +14,17 @@ class MemoryKeys:
     msgs: str
     lock: str
     fence: str
+    ids: str
 
     @classmethod
     def of(cls, memory_key: str, prefix: str = "memstream") -> MemoryKeys:
         """Keys of ``memory_key`` under ``prefix`` (the key itself is the hash tag)."""
         base = f"{prefix}:{{{memory_key}}}"
-        return cls(f"{base}:meta", f"{base}:order", f"{base}:msgs", f"{base}:lock", f"{base}:fence")
+        return cls(
+            f"{base}:meta",
+            f"{base}:order",
+            f"{base}:msgs",
+            f"{base}:lock",
+            f"{base}:fence",
+            f"{base}:ids",
+        )

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
-from memory_core.eviction import ApplyResult
+from memory_core.eviction import ApplyResult, Outcome
 from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
@@ -65,6 +66,8 @@ class _Cached:
     state: MemoryState
     scores: dict[str, float] = field(default_factory=dict)
     next_pos: float = 1.0
+    # The meta fields as stored, so a write sends only those that changed.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 _RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
@@ -125,7 +128,7 @@ class RedisMemoryStore:
             acquire_calls.append(
                 Call(
                     ACQUIRE,
-                    (k.lock, k.fence, k.meta, k.order, k.msgs),
+                    (k.lock, k.fence, k.meta, k.order, k.msgs, k.ids),
                     (owner, b.policy.lock_ttl_ms, known),
                 )
             )
@@ -148,25 +151,24 @@ class RedisMemoryStore:
             result = b.policy.manager.apply(cached.state, b.events)
             new = _next(cached, result.state)
             k = self.keys(b.memory_key)
-            args: list[str | int | float] = [
-                owner,
-                token,
-                b.epoch,
-                version,
-                b.policy.ttl_ms,
-                len(new.removed),
-                *new.removed,
-                len(new.added),
-            ]
-            for score, mid, body in new.added:
-                args.extend((repr(score), mid, body))
             meta = state_meta(
                 result.state,
-                {"next_pos": repr(new.cached.next_pos), "config": b.policy.fingerprint},
+                {
+                    "next_pos": repr(new.cached.next_pos),
+                    "config": b.policy.fingerprint,
+                    "memory_id": b.policy.config.id,
+                },
             )
-            for name, value in meta.items():
-                args.extend((name, value))
-            call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence), args)
+            new.cached.meta = {name: str(value) for name, value in meta.items()}
+            diff = {
+                "removed": new.removed,
+                "added": new.added,
+                "ids": _new_ids(result),
+                "window": b.policy.manager.id_window,
+                "meta": {k: v for k, v in new.cached.meta.items() if cached.meta.get(k) != v},
+            }
+            args = (owner, token, b.epoch, version, b.policy.ttl_ms, _json(diff))
+            call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
             writes.append((b, new.cached, result, call))
 
         if writes:
@@ -233,41 +235,39 @@ class RedisMemoryStore:
 @dataclass(slots=True)
 class _Diff:
     removed: list[str]
-    added: list[tuple[float, str, str]]
+    added: list[tuple[str, str, str]]
     cached: _Cached
 
 
 def _next(old: _Cached, state: MemoryState) -> _Diff:
     """The writes that turn ``old`` into ``state``, with order scores for the new messages."""
     msgs = state.messages
-    new_ids = {m.id for m in msgs}
-    removed = [i for i in old.scores if i not in new_ids]
-    # The score of the next surviving message after each index: a message inserted in the
-    # middle (a summary) takes the midpoint between its neighbours.
-    next_kept: list[float | None] = [None] * len(msgs)
-    upcoming: float | None = None
-    for i in range(len(msgs) - 1, -1, -1):
-        next_kept[i] = upcoming
-        score = old.scores.get(msgs[i].id)
-        if score is not None:
-            upcoming = score
-    scores: dict[str, float] = {}
-    added: list[tuple[float, str, str]] = []
+    # A message is kept only if it is the very same object: an id evicted and appended again
+    # within one batch is a different message (removed, then added at the end).
+    before = {m.id: m for m in old.state.messages}
+    kept = {m.id for m in msgs if before.get(m.id) is m}
+    scores = {i: s for i, s in old.scores.items() if i in kept}
+    removed = [i for i in old.scores if i not in kept]
+    # Usual case: new messages only at the tail (appends). A message inserted in the middle
+    # (a summary) takes the midpoint between the scores of its neighbours.
+    tail = len(msgs)
+    while tail > 0 and msgs[tail - 1].id not in scores:
+        tail -= 1
+    middle = [i for i in range(tail) if msgs[i].id not in scores]
+    new_scores = {m.id: scores[m.id] for m in msgs[:tail] if m.id in scores}
+    added: list[tuple[str, str, str]] = []
+    for i in middle:
+        lo = next((new_scores[msgs[j].id] for j in range(i - 1, -1, -1)), None)
+        hi = next(s for j in range(i + 1, tail) if (s := new_scores.get(msgs[j].id)) is not None)
+        score = (lo + hi) / 2 if lo is not None else hi - 1.0
+        new_scores[msgs[i].id] = score
+        added.append((repr(score), msgs[i].id, encode_message(msgs[i])))
     next_pos = old.next_pos
-    prev: float | None = None
-    for i, m in enumerate(msgs):
-        score = old.scores.get(m.id)
-        if score is None:
-            hi = next_kept[i]
-            if hi is None:
-                score, next_pos = next_pos, next_pos + 1
-            else:
-                lo = prev if prev is not None else hi - 1.0
-                score = (lo + hi) / 2
-            added.append((score, m.id, encode_message(m)))
-        scores[m.id] = score
-        prev = score
-    return _Diff(removed, added, _Cached(old.version, state, scores, next_pos))
+    for m in msgs[tail:]:
+        new_scores[m.id] = next_pos
+        added.append((repr(next_pos), m.id, encode_message(m)))
+        next_pos += 1
+    return _Diff(removed, added, _Cached(old.version, state, new_scores, next_pos))
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
@@ -280,7 +280,20 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     scores = {i: float(s) for i, s in zip(ids, flat_order[1::2], strict=True)}
     messages = tuple(decode_message(bodies[i]) for i in ids)
     next_pos = float(meta.get("next_pos", 1.0))
-    return _Cached(version, state_from(meta, messages), scores, next_pos)
+    recent = tuple(_s(x) for x in reply[6])
+    return _Cached(version, state_from(meta, messages, recent), scores, next_pos, meta)
+
+
+_DUPLICATES = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
+
+
+def _new_ids(result: ApplyResult) -> list[str]:
+    """Event ids the batch added to the recent-ids window (duplicates add none)."""
+    return [r.event_id for r in result.results if r.outcome not in _DUPLICATES]
+
+
+def _json(value: object) -> bytes:
+    return orjson.dumps(value)
 
 
 def _s(x: Any) -> str:

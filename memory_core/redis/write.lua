@@ -1,9 +1,10 @@
 -- Write one memory's new state as a diff, then release the lock. Refused (and nothing
 -- written) unless the caller holds the lock, its fencing token and partition epoch are not
 -- older than the last writer's, and the state is still at the version it computed from.
--- KEYS: lock, meta, order, msgs, fence
--- ARGV: owner, token, epoch (-1 = none), expected_version, ttl_ms, n_removed, ids...,
---       n_added, (score, id, json)..., then meta field/value pairs
+-- KEYS: lock, meta, order, msgs, fence, ids
+-- ARGV: owner, token, epoch (-1 = none), expected_version, ttl_ms, diff (JSON:
+--       {"removed": [id...], "added": [[score, id, body]...], "ids": [event id...],
+--        "window": n, "meta": {field: string...}})
 local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expected, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local holder = redis.call('GET', KEYS[1])
@@ -25,24 +26,32 @@ if refusal then
   redis.call('DEL', KEYS[1])
   return refusal
 end
-local i = 6
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('ZREM', KEYS[3], ARGV[i])
-  redis.call('HDEL', KEYS[4], ARGV[i])
-  i = i + 1
+local diff = cjson.decode(ARGV[6])
+local removed = diff.removed
+for i = 1, #removed, 1000 do  -- unpack() is bounded by Lua's C stack
+  local j = math.min(i + 999, #removed)
+  redis.call('ZREM', KEYS[3], unpack(removed, i, j))
+  redis.call('HDEL', KEYS[4], unpack(removed, i, j))
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[4], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
+for _, add in ipairs(diff.added) do
+  -- Scores travel as strings: Lua numbers would lose the digits of a float.
+  redis.call('ZADD', KEYS[3], add[1], add[2])
+  redis.call('HSET', KEYS[4], add[2], add[3])
 end
-for j = i, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[j], ARGV[j + 1])
+if #diff.ids > 0 then
+  redis.call('RPUSH', KEYS[6], unpack(diff.ids))
+  redis.call('LTRIM', KEYS[6], -diff.window, -1)
 end
-redis.call('HSET', KEYS[2], 'version', version + 1, 'fence', token)
-if epoch >= 0 then redis.call('HSET', KEYS[2], 'epoch', epoch) end
-for k = 2, 5 do redis.call('PEXPIRE', KEYS[k], ttl) end
+local fields = {'version', version + 1, 'fence', token}
+if epoch >= 0 then
+  fields[#fields + 1] = 'epoch'
+  fields[#fields + 1] = epoch
+end
+for name, value in pairs(diff.meta) do  -- only the fields that changed
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
 redis.call('DEL', KEYS[1])
 return {'OK', tostring(version + 1)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import random
 import uuid
 from datetime import timedelta
 
@@ -117,19 +119,22 @@ async def test_concurrent_interleaved_writers_end_in_the_reference_state(redis: 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     policy = _policy(locking={"ttl": "2s", "acquire_timeout": "20s", "retry_backoff": "1ms"})
     log = _user_log(60, tokens=7)
-    # Twenty writers, each with its own cache, replaying overlapping slices in random order.
-    slices = [log[i : i + 15] for i in range(0, 60, 5)] + [log[:30], log[30:], log]
-    stores = [RedisMemoryStore(redis, prefix=prefix) for _ in slices]
+    rng = random.Random(11)
 
-    async def write(store: RedisMemoryStore, events: list[LoggedEvent], n: int) -> None:
-        (outcome,) = await store.apply([KeyBatch("u:c", policy, events)], f"writer-{n}")
-        assert outcome.status is WriteStatus.APPLIED, outcome
+    # Twelve writers, each with its own cache, each replaying the whole log in order but cut
+    # into its own batches: like consumers restarted from older commits, racing each other.
+    async def writer(n: int) -> None:
+        store = RedisMemoryStore(redis, prefix=prefix)
+        cuts = sorted(rng.sample(range(1, 60), 6))
+        for a, b in itertools.pairwise([0, *cuts, 60]):
+            (outcome,) = await store.apply([KeyBatch("u:c", policy, log[a:b])], f"writer-{n}")
+            assert outcome.status is WriteStatus.APPLIED, outcome
+            await asyncio.sleep(rng.random() / 200)
 
-    pairs = enumerate(zip(stores, slices, strict=True))
-    await asyncio.gather(*(write(s, sl, n) for n, (s, sl) in pairs))
-    snap = await stores[0].read("u:c")
+    await asyncio.gather(*(writer(n) for n in range(12)))
+    snap = await RedisMemoryStore(redis, prefix=prefix).read("u:c")
     expected = policy.manager.apply(MemoryState(), log).state
-    assert [m.id for m in snap.messages] == [m.id for m in expected.messages]
+    assert snap.messages == expected.messages
     _assert_counters_match(snap.state(), snap.tokens, snap.total_messages)
     assert snap.last_offset == 59
 

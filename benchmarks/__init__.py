@@ -1,0 +1,1 @@
+"""Throughput benchmarks: each measures memstream against a baseline in the same run."""

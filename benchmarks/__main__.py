@@ -1,0 +1,31 @@
+"""Run every benchmark; exit 1 if a ratio misses its target (``python -m benchmarks [name…]``)."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import store, tokens
+from consumers.settings import Settings
+
+BENCHMARKS = {"tokens": tokens.run, "store": store.run}
+
+
+def main(argv: list[str]) -> int:
+    """Run the named benchmarks (all by default)."""
+    settings = Settings()
+    chosen = argv or list(BENCHMARKS)
+    failed = []
+    for name in chosen:
+        result = BENCHMARKS[name](settings)
+        print(result.report())
+        print(f"   saved {result.save()}")
+        if not result.passed:
+            failed.append(name)
+    if failed:
+        print(f"targets missed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
