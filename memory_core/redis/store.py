@@ -242,32 +242,37 @@ class _Diff:
 def _next(old: _Cached, state: MemoryState) -> _Diff:
     """The writes that turn ``old`` into ``state``, with order scores for the new messages."""
     msgs = state.messages
+    old_scores = old.scores
     # A message is kept only if it is the very same object: an id evicted and appended again
     # within one batch is a different message (removed, then added at the end).
-    before = {m.id: m for m in old.state.messages}
-    kept = {m.id for m in msgs if before.get(m.id) is m}
-    scores = {i: s for i, s in old.scores.items() if i in kept}
-    removed = [i for i in old.scores if i not in kept]
-    # Usual case: new messages only at the tail (appends). A message inserted in the middle
-    # (a summary) takes the midpoint between the scores of its neighbours.
-    tail = len(msgs)
-    while tail > 0 and msgs[tail - 1].id not in scores:
-        tail -= 1
-    middle = [i for i in range(tail) if msgs[i].id not in scores]
-    new_scores = {m.id: scores[m.id] for m in msgs[:tail] if m.id in scores}
+    held = {id(m) for m in old.state.messages}
+    scores: dict[str, float] = {}
+    fresh: list[int] = []
+    for i, m in enumerate(msgs):
+        if id(m) in held:
+            scores[m.id] = old_scores[m.id]
+        else:
+            fresh.append(i)
+    removed = [i for i in old_scores if i not in scores]
     added: list[tuple[str, str, str]] = []
-    for i in middle:
-        lo = next((new_scores[msgs[j].id] for j in range(i - 1, -1, -1)), None)
-        hi = next(s for j in range(i + 1, tail) if (s := new_scores.get(msgs[j].id)) is not None)
-        score = (lo + hi) / 2 if lo is not None else hi - 1.0
-        new_scores[msgs[i].id] = score
-        added.append((repr(score), msgs[i].id, encode_message(msgs[i])))
     next_pos = old.next_pos
+    tail = len(msgs)
+    while fresh and fresh[-1] == tail - 1:
+        tail -= 1
+        fresh.pop()
+    # What remains of ``fresh`` sits between kept messages (a summary): it takes the midpoint
+    # of its neighbours' scores.
+    for i in fresh:
+        lo = scores[msgs[i - 1].id] if i > 0 else None
+        hi = next(s for j in range(i + 1, tail) if (s := scores.get(msgs[j].id)) is not None)
+        score = (lo + hi) / 2 if lo is not None else hi - 1.0
+        scores[msgs[i].id] = score
+        added.append((repr(score), msgs[i].id, encode_message(msgs[i])))
     for m in msgs[tail:]:
-        new_scores[m.id] = next_pos
+        scores[m.id] = next_pos
         added.append((repr(next_pos), m.id, encode_message(m)))
         next_pos += 1
-    return _Diff(removed, added, _Cached(old.version, state, new_scores, next_pos))
+    return _Diff(removed, added, _Cached(old.version, state, scores, next_pos))
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
