@@ -1,0 +1,49 @@
+"""The whole pipeline on real Kafka, Redis and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from consumers.bootstrap import App
+from consumers.runner import Runner
+from memory_core import AsyncSafeMemoryInstance, Kind, Role
+
+
+def _instance(app: App, key: str) -> AsyncSafeMemoryInstance:
+    entry = app.catalog.get("chat")
+    assert entry is not None
+    return AsyncSafeMemoryInstance(key, entry.config, store=app.store, publisher=app.producer)
+
+
+async def _until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_an_appended_message_is_readable_once_applied(app: App, pipeline: Runner) -> None:
+    memory = _instance(app, "agent:a1:user:u1")
+    await memory.append(Role.USER, "hello, my mail is bob@example.com")
+    messages = await memory.read()
+    assert [m.content for m in messages] == ["hello, my mail is [REDACTED]"]
+    assert messages[0].tokens > 0
+
+
+async def test_crossing_the_threshold_runs_a_flush_that_replaces_the_oldest_messages(
+    app: App, pipeline: Runner
+) -> None:
+    memory = _instance(app, "agent:a1:user:flush")
+    for i in range(14):
+        await memory.append(
+            Role.USER if i % 2 == 0 else Role.ASSISTANT, f"message {i} " + "word " * 12
+        )
+
+    async def summarized() -> bool:
+        return any(m.kind is Kind.SUMMARY for m in await memory.read())
+
+    await _until(summarized, 60)
+    health = await memory.health()
+    assert health.tokens_saved_total > 0
+    assert health.within_budget
