@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
@@ -33,7 +33,14 @@ def make_redis(settings: Settings) -> Redis:
         kwargs["password"] = settings.redis_password
     if settings.redis_ssl_ca_certs is not None:
         kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
-    return Redis.from_url(settings.redis_url, **kwargs)  # type: ignore[arg-type]
+    # A bounded pool that waits for a free connection instead of failing under bursts.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,
+        **kwargs,
+    )
+    return Redis(connection_pool=pool)
 
 
 def make_registry(settings: Settings) -> SchemaRegistry:

@@ -52,6 +52,13 @@ class MemoryCatalog:
         """The entry of ``memory_id``, or None if unknown."""
         return self._entries.get(memory_id)
 
+    def config(self, memory_id: str) -> MemoryConfig:
+        """The config of ``memory_id``; ``ConfigError`` if unknown."""
+        entry = self._entries.get(memory_id)
+        if entry is None:
+            raise ConfigError("memory_id", f"unknown memory {memory_id!r}; known: {self.ids}")
+        return entry.config
+
     def __contains__(self, memory_id: object) -> bool:
         return memory_id in self._entries
 

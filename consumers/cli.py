@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from consumers.bootstrap import build_app
+from consumers.catalog import MemoryCatalog
+from consumers.runner import ROLES
 from consumers.settings import Settings
-from memory_core import ChatMessage, EncodingRegistry, MemstreamError, ToolCall, encoding_for_model
+from memory_core import (
+    AsyncSafeMemoryInstance,
+    ChatMessage,
+    ConfigError,
+    EncodingRegistry,
+    MemoryConfig,
+    MemoryHealth,
+    MemstreamError,
+    Message,
+    Role,
+    ToolCall,
+    encoding_for_model,
+)
+from memory_core.redis.codec import encode_message
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 tokens_app = typer.Typer(no_args_is_help=True, help="Token accounting.")
@@ -89,6 +110,160 @@ def encodings_install(
         raise _fail(str(exc), 1) from None
     for name, path in installed.items():
         typer.echo(f"{name}: {path}")
+
+
+def _stack(settings: Settings) -> Any:
+    from consumers.stack import LocalStack
+
+    return LocalStack(settings, echo=typer.echo)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka, Redis and Temporal locally (idempotent); wait until each answers."""
+    from consumers.stack import StackError
+
+    try:
+        statuses = _stack(Settings()).up()
+    except StackError as exc:
+        raise _fail(str(exc), 1) from None
+    for status in statuses:
+        typer.echo(status.describe())
+    if not all(s.up for s in statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop exactly the processes ``stack up`` started."""
+    for status in _stack(Settings()).down():
+        typer.echo(status.describe())
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Say which local services are up (exit 1 if any is down)."""
+    statuses = _stack(Settings()).status()
+    for status in statuses:
+        typer.echo(status.describe())
+    if not all(s.up for s in statuses):
+        raise typer.Exit(1)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command("run")
+def run(
+    roles: Annotated[str, typer.Option(help="Comma-separated: apply,dispatch,worker")] = ",".join(
+        ROLES
+    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the roles in one process until SIGTERM/SIGINT (each role also runs alone)."""
+    from consumers.runner import serve
+
+    _logging(verbose)
+    chosen = [r.strip() for r in roles.split(",") if r.strip()]
+    bad = set(chosen) - set(ROLES)
+    if bad or not chosen:
+        raise _fail(f"unknown roles {sorted(bad)}; choose from {', '.join(ROLES)}")
+    asyncio.run(serve(Settings(), chosen))
+
+
+@app.command("append")
+def append(
+    key: Annotated[str, typer.Argument(help="Memory key")],
+    content: Annotated[str, typer.Option(help="Message content")],
+    role: Annotated[Role, typer.Option(help="Message role")] = Role.USER,
+    name: Annotated[str | None, typer.Option(help="Participant name")] = None,
+    memory_id: Annotated[str | None, typer.Option(help="Memory resource id")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait until applied (0: no wait)")] = 10.0,
+) -> None:
+    """Publish one message to a memory; prints its id once durable (and applied, with --wait)."""
+
+    async def go() -> str:
+        async with build_app() as built:
+            config = _config(built.catalog, memory_id)
+            memory = AsyncSafeMemoryInstance(
+                key, config, store=built.store, publisher=built.producer
+            )
+            return await memory.append(
+                role, content, name=name, wait=timedelta(seconds=wait) if wait > 0 else None
+            )
+
+    try:
+        typer.echo(asyncio.run(go()))
+    except MemstreamError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+@app.command("show")
+def show(
+    key: Annotated[str, typer.Argument(help="Memory key")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    memory_id: Annotated[str | None, typer.Option(help="Memory resource id")] = None,
+) -> None:
+    """Print a memory's messages and health."""
+
+    async def go() -> tuple[list[Message], MemoryHealth]:
+        async with build_app() as built:
+            stored = (await built.store.read(key, start=0, stop=0)).memory_id
+            config = _config(built.catalog, memory_id or stored)
+            memory = AsyncSafeMemoryInstance(key, config, store=built.store)
+            return await memory.read(), await memory.health()
+
+    try:
+        messages, health = asyncio.run(go())
+    except MemstreamError as exc:
+        raise _fail(str(exc), 1) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "health": health.as_dict(),
+                    "messages": [json.loads(encode_message(m)) for m in messages],
+                },
+                indent=2,
+            )
+        )
+        return
+    console = Console()
+    table = Table(title=f"{key} ({health.messages} messages, {health.total_tokens} tokens)")
+    for col in ("#", "role", "kind", "tokens", "content"):
+        table.add_column(col)
+    for i, m in enumerate(messages):
+        content = m.content if len(m.content) < 90 else m.content[:87] + "…"
+        table.add_row(str(i), m.role.value, m.kind.value, str(m.tokens), content)
+    console.print(table)
+    for name, value in health.as_dict().items():
+        console.print(f"  {name}: {value}")
+
+
+@app.command("demo")
+def demo(
+    agents: Annotated[int, typer.Option(help="Simulated agents")] = 4,
+    users: Annotated[int, typer.Option(help="Users (memories) per agent")] = 30,
+    turns: Annotated[int, typer.Option(help="Conversation turns per memory")] = 20,
+) -> None:
+    """Simulated agents talk across many memories; live progress, then a consistency check."""
+    from consumers.demo import run_demo
+
+    _logging(False)
+    code = asyncio.run(run_demo(Settings(), agents=agents, users=users, turns=turns))
+    raise typer.Exit(code)
+
+
+def _config(catalog: MemoryCatalog, memory_id: str | None) -> MemoryConfig:
+    if memory_id is None:
+        if len(catalog.ids) != 1:
+            raise ConfigError("--memory-id", f"choose one of {', '.join(catalog.ids)}")
+        memory_id = catalog.ids[0]
+    return catalog.config(memory_id)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ def _default_cache() -> Path:
 
 
 class Settings(BaseSettings):
-    """Endpoints, topic names and local-stack layout; override any field with ``MEMSTREAM_<FIELD>``."""
+    """Endpoints, topics and local-stack layout; override any field with ``MEMSTREAM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="MEMSTREAM_", extra="ignore")
 
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     redis_password: str | None = None
     redis_ssl_ca_certs: Path | None = None
     redis_socket_timeout_s: float = 5.0
+    redis_max_connections: int = 64
 
     temporal_address: str = "127.0.0.1:17233"
     temporal_namespace: str = "default"

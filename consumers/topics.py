@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -35,10 +37,9 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None) -> l
             )
             for n in missing
         ]
-        try:
+        # Another process may create them between our check and this call.
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass
         return missing
     finally:
         await admin.close()
