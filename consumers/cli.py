@@ -258,6 +258,40 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command("verify")
+def verify_cmd() -> None:
+    """Replay the events topic through the pure model and compare every memory in Redis."""
+    from consumers.verify import verify
+
+    async def go() -> int:
+        async with build_app() as built:
+            report = await verify(built.settings, built.catalog, built.codec, built.store)
+        for m in report.mismatches[:20]:
+            typer.echo(f"MISMATCH {m.memory_key}: {m.detail}")
+        typer.echo(
+            f"{report.memories} memories, {report.events} events replayed, "
+            f"{len(report.mismatches)} mismatches"
+        )
+        return 0 if report.ok else 1
+
+    raise typer.Exit(asyncio.run(go()))
+
+
+@app.command("replay")
+def replay_cmd() -> None:
+    """Rebuild Redis from the events topic (recovery; stop the apply consumers first)."""
+    from consumers.verify import replay
+
+    async def go() -> int:
+        async with build_app() as built:
+            return await replay(built.settings, built.catalog, built.codec, built.store)
+
+    try:
+        typer.echo(f"{asyncio.run(go())} memories rebuilt from the log")
+    except MemstreamError as exc:
+        raise _fail(str(exc), 1) from None
+
+
 def _config(catalog: MemoryCatalog, memory_id: str | None) -> MemoryConfig:
     if memory_id is None:
         if len(catalog.ids) != 1:
