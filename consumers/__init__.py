@@ -1,0 +1,9 @@
+"""memstream's processes: settings, composition root, producer SDK, consumers and CLI."""
+
+from consumers.bootstrap import App, build_app
+from consumers.catalog import MemoryCatalog
+from consumers.producer import MemoryProducer
+from consumers.runner import Runner
+from consumers.settings import Settings
+
+__all__ = ["App", "MemoryCatalog", "MemoryProducer", "Runner", "Settings", "build_app"]
