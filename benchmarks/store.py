@@ -41,7 +41,9 @@ async def _batched(settings: Settings, keys: int, per_key: int, rounds: int) -> 
     total = 0
     started = time.perf_counter()
     for batch in batches:
-        outcomes = await store.apply([KeyBatch(k, POLICY, ev) for k, ev in batch.items()], "b")
+        outcomes = await store.apply(
+            [KeyBatch(k, POLICY, ev) for k, ev in batch.items()], "b", hold=True
+        )
         assert all(o.result is not None for o in outcomes)
         total += keys * per_key
     rate = total / (time.perf_counter() - started)

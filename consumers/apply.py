@@ -133,6 +133,8 @@ class ApplyConsumer:
         if consumer is not None:
             async with self._processing:
                 await consumer.stop()
+            with contextlib.suppress(MemstreamError):
+                await self.store.release(self.owner)
         if producer is not None:
             await producer.stop()
 
@@ -176,6 +178,9 @@ class ApplyConsumer:
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
+        # The new owner of these partitions must not wait for our locks to expire.
+        with contextlib.suppress(MemstreamError):
+            await self.store.release(self.owner)
         self.store.forget()
 
     def lag(self) -> dict[tuple[str, int], int]:
@@ -254,7 +259,7 @@ class ApplyConsumer:
             for key, w in work.items()
             if (entry := self.catalog.get(w.memory_id)) is not None
         ]
-        outcomes = await self.store.apply(batches, self.owner) if batches else []
+        outcomes = await self.store.apply(batches, self.owner, hold=True) if batches else []
 
         failed: set[TopicPartition] = set()
         out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []

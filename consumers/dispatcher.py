@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry, extract_context
-from memory_core.temporal import FlushInput, FlushMemory, workflow_id
+from memory_core.temporal import FlushInput, FlushMemory
 from schemas import FLUSH_COMMAND, AvroCodec, DecodeError
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,14 @@ class FlushDispatcher:
             self.malformed += 1
             log.error("malformed flush command skipped: %s", exc)
             return
-        request = FlushInput(command["memory_key"], command["memory_id"], command["flush_seq"])
-        wf_id = workflow_id(request.memory_key, request.flush_seq)
+        request = FlushInput(
+            command["memory_key"],
+            command["memory_id"],
+            command["flush_seq"],
+            source_offset=command["source_offset"],
+            namespace=self.settings.key_prefix,
+        )
+        wf_id = request.workflow_id
         token = otel_context.attach(extract_context(headers))  # type: ignore[arg-type]
         try:
             with self.telemetry.tracer.start_as_current_span(

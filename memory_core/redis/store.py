@@ -23,6 +23,7 @@ from memory_core.redis.scripts import Call, Script, ScriptRunner
 
 ACQUIRE = Script.load("acquire")
 WRITE = Script.load("write")
+RELEASE = Script.load("release")
 READ = Script.load("read")
 
 
@@ -83,6 +84,7 @@ class RedisMemoryStore:
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self.round_trips = 0
+        self._held: dict[str, tuple[int, float]] = {}  # key -> (fencing token, renew by)
 
     def keys(self, memory_key: str) -> MemoryKeys:
         """The Redis keys of ``memory_key``."""
@@ -92,22 +94,28 @@ class RedisMemoryStore:
         """Drop cached states (all when None), e.g. after losing a partition."""
         if memory_keys is None:
             self._cache.clear()
+            self._held.clear()
         else:
             for k in memory_keys:
                 self._cache.pop(k, None)
+                self._held.pop(k, None)
 
-    async def apply(self, batches: Sequence[KeyBatch], owner: str) -> list[KeyOutcome]:
+    async def apply(
+        self, batches: Sequence[KeyBatch], owner: str, *, hold: bool = False
+    ) -> list[KeyOutcome]:
         """Apply each key's events under its lock (held as ``owner``); locked or raced keys retry.
 
         Retries stop at the policy's acquire timeout; the outcome then says why the key was
-        refused. Nothing is written for a refused key.
+        refused. Nothing is written for a refused key. With ``hold``, each lock stays held
+        (its lease extended by every write) so the next batch of that key needs one round trip;
+        ``release`` gives them back (a partition owner does so on revoke and on stop).
         """
         pending = {b.memory_key: b for b in batches}
         outcomes: dict[str, KeyOutcome] = {}
         started = time.monotonic()
         delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
         while pending:
-            for outcome in await self._round(list(pending.values()), owner):
+            for outcome in await self._round(list(pending.values()), owner, hold):
                 batch = pending[outcome.memory_key]
                 elapsed = time.monotonic() - started
                 if outcome.status in _RETRIED and elapsed < batch.policy.acquire_timeout_s:
@@ -119,34 +127,56 @@ class RedisMemoryStore:
                 delay = min(delay * 2, 0.5)
         return [outcomes[b.memory_key] for b in batches]
 
-    async def _round(self, batches: list[KeyBatch], owner: str) -> list[KeyOutcome]:
-        acquire_calls = []
+    async def _round(self, batches: list[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
+        now = time.monotonic()
+        locked: dict[str, tuple[int, int]] = {}  # key -> (fencing token, version)
+        to_acquire: list[KeyBatch] = []
         for b in batches:
-            k = self.keys(b.memory_key)
+            held = self._held.get(b.memory_key)
             cached = self._cache.get(b.memory_key)
-            known = str(cached.version) if cached is not None else "-1"
-            acquire_calls.append(
-                Call(
-                    ACQUIRE,
-                    (k.lock, k.fence, k.meta, k.order, k.msgs, k.ids),
-                    (owner, b.policy.lock_ttl_ms, known),
-                )
-            )
-        replies = await self._scripts.run_many(acquire_calls)
-        self.round_trips += 1
-
+            # A lock still held from an earlier batch (with half its lease left) and a cached
+            # state skip the acquire round trip; the write still checks both.
+            if held is not None and cached is not None and held[1] > now:
+                locked[b.memory_key] = (held[0], cached.version)
+            else:
+                to_acquire.append(b)
         outcomes: dict[str, KeyOutcome] = {}
-        writes: list[tuple[KeyBatch, _Cached, ApplyResult, Call]] = []
-        for b, reply in zip(batches, replies, strict=True):
-            status = _s(reply[0])
-            if status == "LOCKED":
-                outcomes[b.memory_key] = KeyOutcome(
-                    b.memory_key, WriteStatus.LOCKED, detail=f"held by {_s(reply[1])}"
+        replies: dict[str, list[Any]] = {}
+        if to_acquire:
+            acquire_calls = []
+            for b in to_acquire:
+                k = self.keys(b.memory_key)
+                cached = self._cache.get(b.memory_key)
+                known = str(cached.version) if cached is not None else "-1"
+                acquire_calls.append(
+                    Call(
+                        ACQUIRE,
+                        (k.lock, k.fence, k.meta, k.order, k.msgs, k.ids),
+                        (owner, b.policy.lock_ttl_ms, known),
+                    )
                 )
+            self.round_trips += 1
+            for b, reply in zip(
+                to_acquire, await self._scripts.run_many(acquire_calls), strict=True
+            ):
+                if _s(reply[0]) == "LOCKED":
+                    self._held.pop(b.memory_key, None)
+                    outcomes[b.memory_key] = KeyOutcome(
+                        b.memory_key, WriteStatus.LOCKED, detail=f"held by {_s(reply[1])}"
+                    )
+                    continue
+                locked[b.memory_key] = (int(reply[1]), int(reply[2]))
+                replies[b.memory_key] = reply
+
+        writes: list[tuple[KeyBatch, _Cached, ApplyResult, Call]] = []
+        for b in batches:
+            if b.memory_key not in locked:
                 continue
-            token, version = int(reply[1]), int(reply[2])
+            token, version = locked[b.memory_key]
             cached = self._cache.get(b.memory_key)
-            if len(reply) > 3 or cached is None or cached.version != version:
+            reply = replies.get(b.memory_key)
+            if cached is None or cached.version != version or (reply and len(reply) > 3):
+                assert reply is not None
                 cached = _decode_cached(version, reply)
             result = b.policy.manager.apply(cached.state, b.events)
             new = _next(cached, result.state)
@@ -167,23 +197,42 @@ class RedisMemoryStore:
                 "window": b.policy.manager.id_window,
                 "meta": {k: v for k, v in new.cached.meta.items() if cached.meta.get(k) != v},
             }
-            args = (owner, token, b.epoch, version, b.policy.ttl_ms, _json(diff))
+            lock_ms = b.policy.lock_ttl_ms if hold else 0
+            args = (owner, token, b.epoch, version, b.policy.ttl_ms, _json(diff), lock_ms)
             call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
             writes.append((b, new.cached, result, call))
 
         if writes:
             write_replies = await self._scripts.run_many([w[3] for w in writes])
             self.round_trips += 1
-            for (b, new_cached, result, _), reply in zip(writes, write_replies, strict=True):
+            written_at = time.monotonic()
+            for (b, new_cached, result, call), reply in zip(writes, write_replies, strict=True):
                 if _s(reply[0]) == "OK":
                     new_cached.version = int(_s(reply[1]))
                     self._remember(b.memory_key, new_cached)
+                    if hold:
+                        renew_by = written_at + b.policy.lock_ttl_ms / 2000
+                        self._held[b.memory_key] = (int(call.args[1]), renew_by)
                     outcomes[b.memory_key] = KeyOutcome(b.memory_key, WriteStatus.APPLIED, result)
                 else:
                     self._cache.pop(b.memory_key, None)
+                    self._held.pop(b.memory_key, None)
                     status = WriteStatus(_s(reply[0]).lower())
                     outcomes[b.memory_key] = KeyOutcome(b.memory_key, status, detail=_s(reply[1]))
         return [outcomes[b.memory_key] for b in batches]
+
+    async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
+        """Release the locks held across batches (all when None); returns how many were held."""
+        keys = (
+            list(self._held) if memory_keys is None else [k for k in memory_keys if k in self._held]
+        )
+        for k in keys:
+            self._held.pop(k, None)
+        if keys:
+            await self._scripts.run_many(
+                [Call(RELEASE, (self.keys(k).lock,), (owner,)) for k in keys]
+            )
+        return len(keys)
 
     def _remember(self, memory_key: str, cached: _Cached) -> None:
         self._cache[memory_key] = cached

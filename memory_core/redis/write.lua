@@ -4,7 +4,8 @@
 -- KEYS: lock, meta, order, msgs, fence, ids
 -- ARGV: owner, token, epoch (-1 = none), expected_version, ttl_ms, diff (JSON:
 --       {"removed": [id...], "added": [[score, id, body]...], "ids": [event id...],
---        "window": n, "meta": {field: string...}})
+--        "window": n, "meta": {field: string...}}), hold_ms (0 = release the lock, else
+--       keep holding it for hold_ms more)
 local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expected, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local holder = redis.call('GET', KEYS[1])
@@ -53,5 +54,10 @@ for name, value in pairs(diff.meta) do  -- only the fields that changed
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
-redis.call('DEL', KEYS[1])
+local hold = tonumber(ARGV[7])
+if hold > 0 then
+  redis.call('PEXPIRE', KEYS[1], hold)
+else
+  redis.call('DEL', KEYS[1])
+end
 return {'OK', tostring(version + 1)}

@@ -12,7 +12,7 @@ from memory_core.errors import NothingToFlushError
 from memory_core.flushing import HybridFlushingStrategy
 from memory_core.models import Message
 from memory_core.ports import Clock, MemoryStore, SystemClock
-from memory_core.temporal.types import FlushInput, FlushOutput, workflow_id
+from memory_core.temporal.types import FlushInput, FlushOutput
 
 UNKNOWN_MEMORY = "UnknownMemory"
 NOTHING_TO_FLUSH = "NothingToFlush"
@@ -66,7 +66,7 @@ class FlushActivities:
             # A newer flush superseded this one, or this one was already applied.
             return FlushOutput(request.memory_key, request.flush_seq, "stale")
         # The event id is derived from the flush, so a retried publish is applied once.
-        event_id = workflow_id(request.memory_key, request.flush_seq)
+        event_id = request.workflow_id
         try:
             plan = strategy.plan(
                 snap.state(),

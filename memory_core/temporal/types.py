@@ -7,11 +7,23 @@ from dataclasses import dataclass
 
 @dataclass
 class FlushInput:
-    """Which memory to flush, for which flush sequence."""
+    """Which memory to flush, for which flush request.
+
+    ``source_offset`` is the log offset of the event that requested the flush and
+    ``namespace`` the deployment's key prefix: with them the workflow id stays unique when a
+    memory expires and starts again at flush sequence 1.
+    """
 
     memory_key: str
     memory_id: str
     flush_seq: int
+    source_offset: int = -1
+    namespace: str = "memstream"
+
+    @property
+    def workflow_id(self) -> str:
+        """The FlushMemory workflow id (also the MemoryFlushed event id)."""
+        return workflow_id(self.memory_key, self.flush_seq, self.source_offset, self.namespace)
 
 
 @dataclass
@@ -26,6 +38,8 @@ class FlushOutput:
     offset: int = -1
 
 
-def workflow_id(memory_key: str, flush_seq: int) -> str:
-    """The FlushMemory workflow id: duplicates of one flush request share it."""
-    return f"flush:{memory_key}:{flush_seq}"
+def workflow_id(
+    memory_key: str, flush_seq: int, source_offset: int = -1, namespace: str = "memstream"
+) -> str:
+    """The FlushMemory workflow id: every duplicate of one flush request shares it."""
+    return f"flush:{namespace}:{memory_key}:{flush_seq}@{source_offset}"

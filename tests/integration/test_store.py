@@ -98,6 +98,28 @@ async def test_a_batch_over_many_keys_costs_two_round_trips(redis: Redis) -> Non
     assert store.round_trips == 2
 
 
+async def test_a_held_lock_makes_the_next_batch_of_a_key_one_round_trip(redis: Redis) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisMemoryStore(redis, prefix=prefix)
+    policy = _policy()
+    keys = [f"u:{i}" for i in range(50)]
+    await store.apply([KeyBatch(k, policy, _user_log(2)) for k in keys], "owner", hold=True)
+    assert store.round_trips == 2
+    await store.apply(
+        [KeyBatch(k, policy, _user_log(2, start=2)) for k in keys], "owner", hold=True
+    )
+    assert store.round_trips == 3
+    (other,) = await RedisMemoryStore(redis, prefix=prefix).apply(
+        [KeyBatch("u:0", policy, _user_log(1, start=4))], "someone-else"
+    )
+    assert other.status is WriteStatus.LOCKED
+    assert await store.release("owner") == 50
+    (other,) = await RedisMemoryStore(redis, prefix=prefix).apply(
+        [KeyBatch("u:0", policy, _user_log(1, start=4))], "someone-else"
+    )
+    assert other.status is WriteStatus.APPLIED
+
+
 async def test_redelivered_batches_change_nothing(redis: Redis) -> None:
     store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
     policy = _policy()
