@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import store, tokens
+from benchmarks import pipeline, store, tokens
 from consumers.settings import Settings
 
-BENCHMARKS = {"tokens": tokens.run, "store": store.run}
+BENCHMARKS = {"tokens": tokens.run, "store": store.run, "pipeline": pipeline.run}
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ from consumers.catalog import MemoryCatalog
 from consumers.deadletter import dead_letter_headers
 from consumers.events import to_domain
 from consumers.settings import Settings
-from consumers.telemetry import Telemetry, link_from
+from consumers.telemetry import Telemetry, sampled_link
 from memory_core import (
     DeadLetterReason,
     LoggedEvent,
@@ -48,9 +48,12 @@ class _KeyWork:
     partition: TopicPartition | None = None
 
 
+_NEVER = 2**63
+
+
 @dataclass(slots=True)
 class BatchReport:
-    """What one fetched batch did (for progress views and tests)."""
+    """What one fetched batch did (for progress views, metrics and tests)."""
 
     records: int = 0
     applied: int = 0
@@ -58,7 +61,12 @@ class BatchReport:
     dead_lettered: int = 0
     evicted: int = 0
     flushes_requested: int = 0
+    flushes_completed: int = 0
     tokens_saved: int = 0
+    tokens_appended: int = 0
+    tokens_evicted: int = 0
+    oldest_event_ms: int = _NEVER
+    applied_by_memory: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     retried_partitions: list[TopicPartition] = field(default_factory=list)
 
@@ -85,7 +93,7 @@ class ApplyConsumer:
         store: RedisMemoryStore,
         codec: AvroCodec,
         telemetry: Telemetry,
-        max_records: int = 2000,
+        max_records: int = 10_000,
         revoke_timeout_s: float = 10.0,
     ) -> None:
         self.settings = settings
@@ -224,7 +232,6 @@ class ApplyConsumer:
     ) -> BatchReport:
         started = time.perf_counter()
         report = BatchReport(records=sum(len(r) for r in fetched.values()))
-        self.telemetry.batch_size.record(report.records)
         dead: list[tuple[Record, DeadLetterReason, str]] = []
         work: dict[str, _KeyWork] = defaultdict(_KeyWork)
         for tp, records in fetched.items():
@@ -274,7 +281,7 @@ class ApplyConsumer:
 
         for rec, reason, detail in dead:
             report.dead_lettered += 1
-            self.telemetry.events_dead_lettered.add(1, {"reason": reason.value})
+            self.telemetry.events_dead_lettered.add(1, {"reason": reason.value})  # rare
             out.append(
                 (
                     self.settings.dlq_topic,
@@ -295,7 +302,7 @@ class ApplyConsumer:
         if commit:
             await asyncio.shield(consumer.commit(commit))
             report.committed = commit
-        self.telemetry.apply_latency.record((time.perf_counter() - started) * 1000)
+        self._metrics(report, (time.perf_counter() - started) * 1000)
         return report
 
     def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
@@ -317,49 +324,51 @@ class ApplyConsumer:
     ) -> None:
         assert outcome.result is not None
         now_ms = time.time_ns() // 1_000_000
-        events = {e.offset: e for e in w.batch_events}
+        # Spans only for events a sampled producer trace asked for: untraced traffic must not
+        # pay for a span per memory (measured in docs/decisions/0004-telemetry-per-batch.md).
         links = [
             link
             for rec in list(w.records.values())[:32]
-            if (link := link_from(rec.headers)) is not None
+            if (link := sampled_link(rec.headers)) is not None
         ]
-        with self.telemetry.tracer.start_as_current_span(
-            "memstream.apply",
-            links=links,
-            attributes={
-                "memstream.memory_id": w.memory_id,
-                "memstream.events": len(w.batch_events),
-            },
-        ) as span:
+        span_cm = (
+            self.telemetry.tracer.start_as_current_span(
+                "memstream.apply",
+                links=links,
+                attributes={
+                    "memstream.memory_id": w.memory_id,
+                    "memstream.events": len(w.batch_events),
+                    "memstream.flushes_requested": len(outcome.result.flush_requests),
+                },
+            )
+            if links
+            else contextlib.nullcontext()
+        )
+        with span_cm:
+            events = {e.offset: e.event for e in w.batch_events}
             for r in outcome.result.results:
-                rec = w.records[r.offset]
                 if r.outcome is Outcome.APPLIED:
                     report.applied += 1
-                    self.telemetry.events_applied.add(1, {"memory_id": w.memory_id})
-                    event = events[r.offset].event
+                    report.applied_by_memory[w.memory_id] += 1
+                    event = events[r.offset]
                     if isinstance(event, MessageAppended):
-                        self.telemetry.tokens_appended.add(event.message.tokens)
-                        self.telemetry.end_to_end_latency.record(
-                            max(now_ms - event.message.created_at_ms, 0)
+                        report.tokens_appended += event.message.tokens
+                        report.oldest_event_ms = min(
+                            report.oldest_event_ms, event.message.created_at_ms
                         )
                 elif r.outcome in (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID):
                     report.duplicates += 1
-                    self.telemetry.events_deduplicated.add(1, {"kind": r.outcome.value})
                 elif r.outcome is Outcome.REJECTED and r.reason is not None:
-                    dead.append((rec, r.reason, r.detail))
+                    dead.append((w.records[r.offset], r.reason, r.detail))
                 if r.tokens_saved:
                     report.tokens_saved += r.tokens_saved
-                    self.telemetry.tokens_saved.add(r.tokens_saved)
-                    self.telemetry.flushes_completed.add(1)
+                    report.flushes_completed += 1
                 if r.evicted:
                     report.evicted += len(r.evicted)
-                    self.telemetry.evictions.add(len(r.evicted))
-                    self.telemetry.tokens_evicted.add(sum(m.tokens for m in r.evicted))
+                    report.tokens_evicted += sum(m.tokens for m in r.evicted)
             state = outcome.result.state
-            span.set_attribute("memstream.flushes_requested", len(outcome.result.flush_requests))
             for seq in outcome.result.flush_requests:
                 report.flushes_requested += 1
-                self.telemetry.flushes_requested.add(1)
                 command = {
                     "command_id": f"{outcome.memory_key}:{seq}",
                     "memory_key": outcome.memory_key,
@@ -373,6 +382,31 @@ class ApplyConsumer:
                 headers = list(origin.headers or ()) if origin is not None else []
                 value = self.codec.encode(FLUSH_COMMAND, command)
                 out.append((self.settings.flush_topic, outcome.memory_key.encode(), value, headers))
+
+    def _metrics(self, report: BatchReport, latency_ms: float) -> None:
+        """Record one batch's metrics: one call per instrument, not one per event."""
+        t = self.telemetry
+        for memory_id, count in report.applied_by_memory.items():
+            t.events_applied.add(count, {"memory_id": memory_id})
+        if report.duplicates:
+            t.events_deduplicated.add(report.duplicates)
+        if report.tokens_appended:
+            t.tokens_appended.add(report.tokens_appended)
+        if report.evicted:
+            t.evictions.add(report.evicted)
+            t.tokens_evicted.add(report.tokens_evicted)
+        if report.tokens_saved:
+            t.tokens_saved.add(report.tokens_saved)
+            t.flushes_completed.add(report.flushes_completed)
+        if report.flushes_requested:
+            t.flushes_requested.add(report.flushes_requested)
+        if report.oldest_event_ms < _NEVER:
+            # End-to-end latency of the batch's oldest event: the worst of the batch.
+            t.end_to_end_latency.record(
+                max(time.time_ns() // 1_000_000 - report.oldest_event_ms, 0)
+            )
+        t.batch_size.record(report.records)
+        t.apply_latency.record(latency_ms)
 
     async def _send_all(
         self, out: Sequence[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
@@ -390,10 +424,16 @@ class ApplyConsumer:
 
 
 def _accumulate(total: BatchReport, r: BatchReport) -> None:
-    total.records += r.records
-    total.applied += r.applied
-    total.duplicates += r.duplicates
-    total.dead_lettered += r.dead_lettered
-    total.evicted += r.evicted
-    total.flushes_requested += r.flushes_requested
-    total.tokens_saved += r.tokens_saved
+    for name in (
+        "records",
+        "applied",
+        "duplicates",
+        "dead_lettered",
+        "evicted",
+        "flushes_requested",
+        "flushes_completed",
+        "tokens_saved",
+        "tokens_appended",
+        "tokens_evicted",
+    ):
+        setattr(total, name, getattr(total, name) + getattr(r, name))

@@ -27,11 +27,23 @@ def extract_context(headers: Headers | None) -> otel_context.Context:
     return propagate.extract(carrier)
 
 
-def link_from(headers: Headers | None) -> Link | None:
-    """A span link to the producer's span, if the headers carry one."""
-    span = get_current_span(extract_context(headers))
-    ctx = span.get_span_context()
-    return Link(ctx) if ctx.is_valid else None
+def sampled_link(headers: Headers | None) -> Link | None:
+    """A link to the producer's span if the headers carry a sampled W3C trace context.
+
+    Checks the ``traceparent`` flags before parsing anything: the common untraced or
+    unsampled record costs one scan of its headers.
+    """
+    for key, value in headers or ():
+        if key == "traceparent":
+            try:
+                sampled = int(value[-2:], 16) & 1
+            except (TypeError, ValueError):
+                return None
+            if not sampled:
+                return None
+            ctx = get_current_span(extract_context(headers)).get_span_context()
+            return Link(ctx) if ctx.is_valid else None
+    return None
 
 
 class Telemetry:
