@@ -40,7 +40,7 @@ def make_redis(settings: Settings) -> Redis:
         timeout=settings.redis_socket_timeout_s,
         **kwargs,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)
 
 
 def make_registry(settings: Settings) -> SchemaRegistry:
