@@ -23,7 +23,7 @@ from consumers.catalog import MemoryCatalog
 from consumers.deadletter import dead_letter_headers
 from consumers.events import to_domain
 from consumers.settings import Settings
-from consumers.telemetry import Telemetry, sampled_link
+from consumers.telemetry import Telemetry, extract_context, sampled_link
 from memory_core import (
     DeadLetterReason,
     LoggedEvent,
@@ -325,23 +325,25 @@ class ApplyConsumer:
         assert outcome.result is not None
         now_ms = time.time_ns() // 1_000_000
         # Spans only for events a sampled producer trace asked for: untraced traffic must not
-        # pay for a span per memory (measured in docs/decisions/0004-telemetry-per-batch.md).
-        links = [
-            link
+        # pay for a span per memory. The span continues the first traced event's trace (so one
+        # trace shows an append, its flush and the flush's application) and links the others.
+        traced = [
+            (rec, link)
             for rec in list(w.records.values())[:32]
             if (link := sampled_link(rec.headers)) is not None
         ]
         span_cm = (
             self.telemetry.tracer.start_as_current_span(
                 "memstream.apply",
-                links=links,
+                context=extract_context(traced[0][0].headers),
+                links=[link for _, link in traced[1:]],
                 attributes={
                     "memstream.memory_id": w.memory_id,
                     "memstream.events": len(w.batch_events),
                     "memstream.flushes_requested": len(outcome.result.flush_requests),
                 },
             )
-            if links
+            if traced
             else contextlib.nullcontext()
         )
         with span_cm:
