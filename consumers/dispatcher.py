@@ -7,18 +7,21 @@ import logging
 from types import TracebackType
 from typing import Self
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 from opentelemetry import context as otel_context
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from consumers.deadletter import dead_letter_headers
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry, extract_context
+from memory_core import DeadLetterReason
 from memory_core.temporal import FlushInput, FlushMemory
-from schemas import FLUSH_COMMAND, AvroCodec, DecodeError
+from schemas import FLUSH_COMMAND, AvroCodec, DecodeError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class FlushDispatcher:
         self.codec = codec
         self.telemetry = telemetry
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
         self.started = 0
         self.duplicates = 0
@@ -41,6 +45,13 @@ class FlushDispatcher:
 
     async def start(self) -> None:
         """Join the dispatcher group (idempotent)."""
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                enable_idempotence=True,
+                acks="all",
+            )
+            await self._producer.start()
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
                 self.settings.flush_topic,
@@ -57,6 +68,9 @@ class FlushDispatcher:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -89,7 +103,7 @@ class FlushDispatcher:
         for tp, records in fetched.items():
             try:
                 for rec in records:
-                    await self._dispatch(rec.value, rec.headers)
+                    await self._dispatch(rec)
                     handled += 1
             except BaseException:
                 consumer.seek(tp, records[0].offset)
@@ -97,13 +111,29 @@ class FlushDispatcher:
             await asyncio.shield(consumer.commit({tp: records[-1].offset + 1}))
         return handled
 
-    async def _dispatch(self, value: bytes | None, headers: object) -> None:
+    async def _dispatch(self, rec: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            command = self.codec.decode(FLUSH_COMMAND, value)
+            command = self.codec.decode(FLUSH_COMMAND, rec.value)
         except DecodeError as exc:
+            # Never block the partition on poison: park it in the DLQ with the reason.
             self.malformed += 1
-            log.error("malformed flush command skipped: %s", exc)
+            log.error("malformed flush command dead-lettered: %s", exc)
+            assert self._producer is not None
+            reason = (
+                DeadLetterReason.UNKNOWN_SCHEMA
+                if isinstance(exc, UnknownSchemaError)
+                else DeadLetterReason.UNDECODABLE
+            )
+            await (
+                await self._producer.send(
+                    self.settings.dlq_topic,
+                    rec.value or b"",
+                    key=rec.key,
+                    headers=dead_letter_headers(rec, reason, str(exc)),
+                )
+            )
             return
+        headers = rec.headers
         request = FlushInput(
             command["memory_key"],
             command["memory_id"],
@@ -112,7 +142,7 @@ class FlushDispatcher:
             namespace=self.settings.key_prefix,
         )
         wf_id = request.workflow_id
-        token = otel_context.attach(extract_context(headers))  # type: ignore[arg-type]
+        token = otel_context.attach(extract_context(headers))
         try:
             with self.telemetry.tracer.start_as_current_span(
                 "memstream.dispatch", attributes={"memstream.flush_seq": request.flush_seq}

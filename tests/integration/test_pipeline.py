@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from consumers.bootstrap import App
+from consumers.deadletter import REASON, TOPIC, header_map
 from consumers.runner import Runner
 from memory_core import AsyncSafeMemoryInstance, Kind, Role
 
@@ -47,3 +50,38 @@ async def test_crossing_the_threshold_runs_a_flush_that_replaces_the_oldest_mess
     health = await memory.health()
     assert health.tokens_saved_total > 0
     assert health.within_budget
+
+
+async def test_a_malformed_flush_command_is_dead_lettered_and_dispatch_goes_on(
+    app: App, pipeline: Runner
+) -> None:
+    settings = app.settings
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.flush_topic, b"\x00\x00\x00\x00\x02garbage", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    headers = header_map(list(record.headers))
+    assert headers[REASON] == "undecodable"
+    assert headers[TOPIC] == settings.flush_topic
+    assert record.value == b"\x00\x00\x00\x00\x02garbage"
+    memory = _instance(app, "agent:a1:user:after-poison")
+    for i in range(14):
+        await memory.append(Role.USER, f"message {i} " + "word " * 12)
+
+    async def summarized() -> bool:
+        return any(m.kind is Kind.SUMMARY for m in await memory.read())
+
+    await _until(summarized, 60)
