@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from fractions import Fraction
 from typing import Annotated, Any, Self
 
 import yaml
@@ -17,11 +19,17 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from memory_core.errors import ConfigError, ConfigErrors
+from memory_core.errors import (
+    ConfigError,
+    ConfigErrors,
+    EncodingUnavailableError,
+    InvalidKeyError,
+)
 from memory_core.keys import KeyTemplate
 from memory_core.models import Category, Role
 from memory_core.tokens import SUPPORTED_ENCODINGS, encoding_for_model
@@ -143,8 +151,9 @@ class MemoryConfig(_Strict):
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     key: str = Field(min_length=1)
-    model: str = "gpt-4o"
+    # encoding is declared before model: model's check needs to know whether it is set.
     encoding: str | None = None
+    model: str = "gpt-4o"
     max_tokens: int = Field(gt=0)
     max_messages: int | None = Field(default=None, gt=0)
     token_allocation: TokenAllocation = TokenAllocation()
@@ -156,18 +165,29 @@ class MemoryConfig(_Strict):
     @field_validator("key")
     @classmethod
     def _template_parses(cls, value: str) -> str:
-        KeyTemplate(value)
+        try:
+            KeyTemplate(value)
+        except InvalidKeyError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
-    @model_validator(mode="after")
-    def _encoding_known(self) -> Self:
-        if self.encoding is not None:
-            if self.encoding not in SUPPORTED_ENCODINGS:
-                choices = ", ".join(SUPPORTED_ENCODINGS)
-                raise ValueError(f"encoding must be one of {choices}, got {self.encoding!r}")
-        else:
-            encoding_for_model(self.model)
-        return self
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_supported(cls, value: str | None) -> str | None:
+        if value is not None and value not in SUPPORTED_ENCODINGS:
+            choices = ", ".join(SUPPORTED_ENCODINGS)
+            raise ValueError(f"must be one of {choices}, got {value!r}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_known(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("encoding") is None:
+            try:
+                encoding_for_model(value)
+            except EncodingUnavailableError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @property
     def encoding_name(self) -> str:
@@ -185,9 +205,9 @@ class MemoryConfig(_Strict):
         share = self.token_allocation
         return Budget(
             max_tokens=self.max_tokens,
-            system=math.floor(self.max_tokens * share.system),
-            short_term=math.floor(self.max_tokens * share.short_term),
-            long_term=math.floor(self.max_tokens * share.long_term),
+            system=exact_floor(self.max_tokens, share.system),
+            short_term=exact_floor(self.max_tokens, share.short_term),
+            long_term=exact_floor(self.max_tokens, share.long_term),
             max_messages=self.max_messages,
         )
 
@@ -195,6 +215,24 @@ class MemoryConfig(_Strict):
         """A stable hash of the config, stored beside the state it shaped."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4096)
+def exact(share: float) -> Fraction:
+    """The decimal a user wrote (0.7), not its binary float (0.6999…)."""
+    return Fraction(repr(share))
+
+
+@functools.lru_cache(maxsize=4096)
+def exact_floor(count: int, share: float) -> int:
+    """floor(count × share) in exact decimal arithmetic."""
+    return math.floor(count * exact(share))
+
+
+@functools.lru_cache(maxsize=4096)
+def exact_ceil(count: int, share: float) -> int:
+    """ceil(count × share) in exact decimal arithmetic."""
+    return math.ceil(count * exact(share))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

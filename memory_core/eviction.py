@@ -242,6 +242,13 @@ class TokenMemoryManager:
                 f"is {self.budget.long_term}",
             )
         covered = set(summary.covers)
+        if summary.id in work.ids and summary.id not in covered:
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.DUPLICATE_MESSAGE_ID,
+                f"summary id {summary.id} is already in memory",
+            )
         present = [i for i, m in enumerate(work.messages) if m.id in covered]
         if not present:
             return EventResult(offset, event.event_id, Outcome.STALE_FLUSH)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memory_core.config import Budget, FlushingConfig
+from memory_core.config import Budget, FlushingConfig, exact_ceil
 from memory_core.errors import NothingToFlushError
 from memory_core.models import Category, Kind, MemoryState, Message, Role
 from memory_core.tokens import TokenCounter
@@ -29,7 +28,7 @@ def flush_due(
     """
     if pending or budget.short_term <= 0:
         return False
-    if short_tokens is not None and short_tokens < threshold * budget.short_term:
+    if short_tokens is not None and short_tokens < exact_ceil(budget.short_term, threshold):
         return False
     # One message alone cannot be summarized into something smaller.
     return short_messages() >= MIN_BLOCK
@@ -76,7 +75,7 @@ class HybridFlushingStrategy:
         short = [i for i, m in enumerate(messages) if m.category is Category.SHORT_TERM]
         if len(short) < MIN_BLOCK:
             return []
-        want = max(MIN_BLOCK, math.ceil(self.config.summarize_oldest_percent * len(short)))
+        want = max(MIN_BLOCK, exact_ceil(len(short), self.config.summarize_oldest_percent))
         chosen: set[int] = set()
         for i in short:
             if len(chosen) >= want:

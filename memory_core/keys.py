@@ -11,10 +11,10 @@ MAX_KEY_LENGTH = 256
 MAX_VALUE_LENGTH = 128
 # Values are an allowlist: anything else could forge a separator, escape the Redis hash tag
 # ({...}), act as a SCAN/KEYS wildcard or hide in logs (control characters).
-_VALUE = re.compile(r"^[A-Za-z0-9._@+=-]+$")
-_LITERAL = re.compile(r"^[A-Za-z0-9._@+=:/-]*$")
-_KEY = re.compile(r"^[A-Za-z0-9._@+=:/-]+$")
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VALUE = re.compile(r"[A-Za-z0-9._@+=-]+")
+_LITERAL = re.compile(r"[A-Za-z0-9._@+=:/-]*")
+_KEY = re.compile(r"[A-Za-z0-9._@+=:/-]+")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def validate_memory_key(key: str) -> str:
@@ -25,8 +25,8 @@ def validate_memory_key(key: str) -> str:
         raise InvalidKeyError(
             f"memory key is {len(key)} characters, the limit is {MAX_KEY_LENGTH}", value=key[:64]
         )
-    if not _KEY.match(key):
-        bad = sorted({c for c in key if not _KEY.match(c)})
+    if not _KEY.fullmatch(key):
+        bad = sorted({c for c in key if not _KEY.fullmatch(c)})
         raise InvalidKeyError(
             f"memory key holds forbidden characters {''.join(bad)!r} "
             "(allowed: letters, digits and . _ @ + = : / -)",
@@ -48,13 +48,13 @@ class KeyTemplate:
         except ValueError as exc:
             raise InvalidKeyError(f"key template {template!r}: {exc}", value=template) from None
         for literal, field, spec, conversion in parsed:
-            if not _LITERAL.match(literal):
+            if not _LITERAL.fullmatch(literal):
                 raise InvalidKeyError(
                     f"key template {template!r}: literal text {literal!r} holds forbidden "
                     "characters",
                     value=template,
                 )
-            if field is not None and (not _FIELD.match(field) or spec or conversion):
+            if field is not None and (not _FIELD.fullmatch(field) or spec or conversion):
                 raise InvalidKeyError(
                     f"key template {template!r}: placeholder {{{field}}} must be a plain name",
                     value=template,
@@ -91,8 +91,8 @@ def _check_value(field: str, value: str) -> str:
             f"key value {field} is {len(value)} characters, the limit is {MAX_VALUE_LENGTH}",
             value=value[:64],
         )
-    if not _VALUE.match(value):
-        bad = sorted({c for c in value if not _VALUE.match(c)})
+    if not _VALUE.fullmatch(value):
+        bad = sorted({c for c in value if not _VALUE.fullmatch(c)})
         raise InvalidKeyError(
             f"key value {field} holds forbidden characters "
             f"{''.join(bad).encode('unicode_escape').decode()!r} "
