@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import functools
 import math
 import re
 from dataclasses import dataclass

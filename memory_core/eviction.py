@@ -242,6 +242,10 @@ class TokenMemoryManager:
                 f"is {self.budget.long_term}",
             )
         covered = set(summary.covers)
+        present = [i for i, m in enumerate(work.messages) if m.id in covered]
+        if not present:
+            # Also the case of a result applied before (its covered messages are gone).
+            return EventResult(offset, event.event_id, Outcome.STALE_FLUSH)
         if summary.id in work.ids and summary.id not in covered:
             return self._reject(
                 offset,
@@ -249,9 +253,6 @@ class TokenMemoryManager:
                 DeadLetterReason.DUPLICATE_MESSAGE_ID,
                 f"summary id {summary.id} is already in memory",
             )
-        present = [i for i, m in enumerate(work.messages) if m.id in covered]
-        if not present:
-            return EventResult(offset, event.event_id, Outcome.STALE_FLUSH)
         removed_ids = {work.messages[i].id for i in present}
         # A tool result that arrived after the flush's snapshot would lose its caller: it leaves
         # with the caller, as an eviction.

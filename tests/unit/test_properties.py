@@ -1,0 +1,371 @@
+"""Invariants of docs/semantics.md checked on random logs, and the code against the reference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from memory_core import (
+    Budget,
+    Category,
+    EventResult,
+    HybridFlushingStrategy,
+    LoggedEvent,
+    MemoryCleared,
+    MemoryConfig,
+    MemoryFlushed,
+    MemoryState,
+    Message,
+    MessageAppended,
+    NothingToFlushError,
+    Outcome,
+    Role,
+    TokenCounter,
+    TokenMemoryManager,
+)
+from tests.reference_model import ReferenceMemory
+from tests.strategies import (
+    appended,
+    batches,
+    budget,
+    budgets,
+    conversations,
+    event_logs,
+    flushed,
+    log,
+    memory_configs,
+    message,
+    summary,
+    thresholds,
+)
+
+# Whole-log comparisons get 200 logs; the per-event invariants, which check every event of
+# every log, get 100 each (generating logs is most of the time; the folder stays fast).
+PROPERTY = settings(max_examples=100, deadline=None)
+WHOLE_LOG = settings(max_examples=200, deadline=None)
+windows = st.sampled_from([2, 3, 256])
+
+
+@dataclass(frozen=True)
+class Step:
+    """One event applied alone: the state before and after, and what the manager reported."""
+
+    before: MemoryState
+    event: LoggedEvent
+    result: EventResult
+    after: MemoryState
+    flush_requests: tuple[int, ...]
+
+
+def _steps(
+    b: Budget, threshold: float, window: int, events: Sequence[LoggedEvent]
+) -> Iterator[Step]:
+    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+    state = MemoryState()
+    for logged in events:
+        applied = manager.apply(state, [logged])
+        yield Step(state, logged, applied.results[0], applied.state, applied.flush_requests)
+        state = applied.state
+
+
+def _contains(messages: Sequence[Message], m: Message) -> bool:
+    return any(x is m for x in messages)
+
+
+def _stored_summary(step: Step) -> Message:
+    """The summary a flush result put in memory (even if eviction took it out again)."""
+    [stored] = [
+        m
+        for m in (*step.after.messages, *step.result.evicted)
+        if not _contains(step.before.messages, m)
+    ]
+    return stored
+
+
+def _budget_of(b: Budget, c: Category) -> int:
+    return {Category.SYSTEM: b.system, Category.SHORT_TERM: b.short_term}.get(c, b.long_term)
+
+
+def _outcome(r: EventResult) -> tuple[str, str | None, tuple[str, ...]]:
+    return (r.outcome.value, r.reason.value if r.reason else None, tuple(m.id for m in r.evicted))
+
+
+# --- invariants of every step -------------------------------------------------------------------
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_budgets_are_never_exceeded_after_any_event(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        for category, tokens in step.after.tokens_by_category().items():
+            assert tokens <= _budget_of(b, category), (category, step.event)
+        if b.max_messages is not None:
+            assert len(step.after.messages) <= b.max_messages
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_surviving_messages_keep_their_relative_order(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        kept_before = [m for m in step.before.messages if _contains(step.after.messages, m)]
+        kept_after = [m for m in step.after.messages if _contains(step.before.messages, m)]
+        assert [m.id for m in kept_before] == [m.id for m in kept_after]
+        event = step.event.event
+        applied = step.result.outcome is Outcome.APPLIED
+        if (
+            isinstance(event, MessageAppended)
+            and applied
+            and _contains(step.after.messages, event.message)
+        ):
+            assert step.after.messages[-1] is event.message
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_an_append_evicts_the_oldest_messages_of_a_category_first(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        event = step.event.event
+        if not isinstance(event, MessageAppended) or step.result.outcome is not Outcome.APPLIED:
+            continue
+        prior = [*step.before.messages, event.message]
+        age = {id(m): i for i, m in enumerate(prior)}
+        survivors = [m for m in prior if _contains(step.after.messages, m)]
+        # Tool results leave with their caller, whatever their age.
+        for gone in (m for m in step.result.evicted if m.role is not Role.TOOL):
+            younger = [s for s in survivors if s.category is gone.category]
+            assert all(age[id(s)] > age[id(gone)] for s in younger), (gone.id, step.event)
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_system_messages_are_never_evicted_by_a_non_system_event(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        event = step.event.event
+        if isinstance(event, MessageAppended) and event.message.category is Category.SYSTEM:
+            continue
+        assert not [m.id for m in step.result.evicted if m.category is Category.SYSTEM]
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_a_tool_result_is_never_held_without_the_call_it_answers(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        messages = step.after.messages
+        for j, m in enumerate(messages):
+            if m.role is Role.TOOL:
+                assert any(
+                    a.role is Role.ASSISTANT and any(c.id == m.tool_call_id for c in a.tool_calls)
+                    for a in messages[:j]
+                ), (m.id, [x.id for x in messages])
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_messages_leave_memory_only_by_eviction_summary_or_clear(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        event, result = step.event.event, step.result
+        before, after = step.before.messages, step.after.messages
+        gone = [m for m in before if not _contains(after, m)]
+        new = [m for m in after if not _contains(before, m)]
+        if result.outcome is not Outcome.APPLIED:
+            assert (before, result.evicted) == (after, ())
+            continue
+        if isinstance(event, MemoryCleared):
+            assert after == ()
+            continue
+        assert not any(_contains(after, m) for m in result.evicted)
+        if isinstance(event, MessageAppended):
+            assert all(m is event.message for m in new)
+            assert sorted(m.id for m in gone) == sorted(
+                m.id for m in result.evicted if m is not event.message
+            )
+        elif isinstance(event, MemoryFlushed) and event.summary is not None:
+            stored = _stored_summary(step)
+            assert all(m is stored for m in new)
+            covered = [m.id for m in gone if m.id in stored.covers]
+            evicted = [m.id for m in result.evicted if m is not stored]
+            assert sorted(m.id for m in gone) == sorted(covered + evicted)
+        else:
+            assert (gone, new) == ([], [])
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_applied_summary_covers_exactly_the_messages_it_removed(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        event = step.event.event
+        if not isinstance(event, MemoryFlushed) or step.result.outcome is not Outcome.APPLIED:
+            continue
+        if event.summary is None:
+            continue
+        present = [m for m in step.before.messages if m.id in event.summary.covers]
+        stored = _stored_summary(step)
+        assert stored.covers == tuple(m.id for m in present)
+        assert not any(_contains(step.after.messages, m) for m in present)
+        assert step.after.last_tokens_saved == sum(m.tokens for m in present) - stored.tokens
+
+
+# A flush result whose summary reuses the id of a message it does not cover, tried first (a
+# failure here shows at once, without a long shrink).
+_SUMMARY_ID_TAKEN = log(
+    appended(message("m0", Role.USER, 5)),
+    appended(message("m1", Role.USER, 5)),
+    flushed(0, summary("m0", 3, ["m1"])),
+)
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs(summary_ids_may_collide=True))
+@example(budget(), 1.0, 256, _SUMMARY_ID_TAKEN)
+def test_message_ids_stay_unique_in_memory(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    for step in _steps(b, threshold, window, events):
+        ids = [m.id for m in step.after.messages]
+        assert len(ids) == len(set(ids)), (ids, step.event)
+
+
+@PROPERTY
+@given(budgets(), thresholds, windows, event_logs())
+def test_flush_sequences_are_requested_in_order_and_only_repeated_on_redelivery(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    last = 0
+    for step in _steps(b, threshold, window, events):
+        for seq in step.flush_requests:
+            if seq == last:
+                # Only the redelivered event that requested the still-pending flush repeats it.
+                assert step.result.outcome is Outcome.DUPLICATE_OFFSET
+                assert step.before.flush_pending
+                assert step.event.offset == step.before.flush_offset
+            else:
+                assert seq == last + 1
+                if step.before.flush_pending:
+                    # Only a clear or the pending flush's own result ends a pending flush.
+                    event = step.event.event
+                    assert isinstance(event, MemoryCleared) or (
+                        isinstance(event, MemoryFlushed)
+                        and event.flush_seq == step.before.flush_seq
+                    )
+            last = seq
+        assert step.after.flush_seq == last
+
+
+# --- whole logs ---------------------------------------------------------------------------------
+
+
+@WHOLE_LOG
+@given(budgets(), thresholds, windows, event_logs())
+def test_same_state_and_log_always_give_the_same_result(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+    assert manager.apply(MemoryState(), events) == manager.apply(MemoryState(), events)
+    again = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+    assert manager.apply(MemoryState(), events) == again.apply(MemoryState(), events)
+
+
+@WHOLE_LOG
+@given(budgets(), thresholds, windows, st.data())
+def test_cutting_a_log_into_batches_changes_nothing(
+    b: Budget, threshold: float, window: int, data: st.DataObject
+) -> None:
+    events = data.draw(event_logs())
+    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+    whole = manager.apply(MemoryState(), events)
+    state = MemoryState()
+    results: list[EventResult] = []
+    requests: list[int] = []
+    for batch in data.draw(batches(events)):
+        part = manager.apply(state, batch)
+        state = part.state
+        results.extend(part.results)
+        requests.extend(part.flush_requests)
+    assert state == whole.state
+    assert tuple(results) == whole.results
+    assert tuple(requests) == whole.flush_requests
+
+
+@WHOLE_LOG
+@given(budgets(), thresholds, windows, event_logs())
+def test_manager_agrees_with_the_reference_model(
+    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+) -> None:
+    result = TokenMemoryManager(b, flush_threshold=threshold, id_window=window).apply(
+        MemoryState(), events
+    )
+    reference = ReferenceMemory(b, threshold, window=window)
+    expected = reference.apply_all(events)
+    assert [_outcome(r) for r in result.results] == [
+        (r.outcome, r.reason, r.evicted) for r in expected
+    ]
+    assert result.state == reference.state()
+    assert list(result.flush_requests) == reference.flush_requests
+
+
+# --- flushing -----------------------------------------------------------------------------------
+
+
+def _recount(counter: TokenCounter, m: Message) -> Message:
+    return replace(m, tokens=counter.message_tokens(m.role.value, m.content, m.name, m.tool_calls))
+
+
+@WHOLE_LOG
+@given(memory_configs(), conversations(max_size=14))
+def test_flush_plan_is_smaller_than_its_block_and_covers_it_exactly(
+    counter: TokenCounter, config: MemoryConfig, conversation: list[Message]
+) -> None:
+    # Room for everything but the summary, whose bound is the config's long-term budget.
+    b = replace(config.budget, system=10**6, short_term=10**6, max_messages=None)
+    messages = tuple(_recount(counter, m) for m in conversation)
+    state = MemoryState(messages=messages, last_offset=0, flush_seq=1, flush_pending=True)
+    strategy = HybridFlushingStrategy(config.flushing, b, counter)
+    short = [m for m in messages if m.category is Category.SHORT_TERM]
+    try:
+        plan = strategy.plan(state, memory_key="k", summary_id="sum", now_ms=1)
+    except NothingToFlushError:
+        block = strategy.block(state)
+        limit = min(config.flushing.summary_tokens, b.long_term, sum(m.tokens for m in block) - 1)
+        assert len(short) < 2 or limit <= counter.message_tokens("system", "")
+        return
+    block = list(plan.covered)
+    before = sum(m.tokens for m in block)
+    # The block: the oldest short-term messages, at least k of them, tool units whole.
+    k = max(2, math.ceil(config.flushing.summarize_oldest_percent * len(short)))
+    assert len(block) >= k
+    assert all(m.category is Category.SHORT_TERM for m in block)
+    assert [m.id for m in block] == [m.id for m in messages if _contains(block, m)]
+    for m in messages:
+        for t in messages:
+            if t.role is Role.TOOL and any(c.id == t.tool_call_id for c in m.tool_calls):
+                assert _contains(block, m) == _contains(block, t), (m.id, t.id)
+    # The summary: within every bound, never larger than what it replaces.
+    assert plan.summary.tokens <= min(config.flushing.summary_tokens, b.long_term, before - 1)
+    assert plan.summary.tokens == counter.message_tokens("system", plan.summary.content)
+    assert plan.summary.covers == tuple(m.id for m in block)
+    assert plan.tokens_saved == before - plan.summary.tokens > 0
+    # Applied, it replaces exactly its block.
+    event = LoggedEvent(1, MemoryFlushed("f", 1, plan.summary, 5))
+    after = TokenMemoryManager(b).apply(state, [event]).state
+    covered = set(plan.summary.covers)
+    survivors = [m.id for m in after.messages if m.id != "sum"]
+    assert survivors == [m.id for m in messages if m.id not in covered]
+    assert after.last_tokens_saved == plan.tokens_saved
