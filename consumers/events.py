@@ -139,21 +139,23 @@ def _appended(
         return None
     if role is Role.TOOL and not body.get("tool_call_id"):
         raise ValueError("a tool message needs tool_call_id")
-    draft = Draft(
+    name = body.get("name")
+    calls = tuple(
+        ToolCall(c["id"], c["name"], c["arguments"]) for c in body.get("tool_calls") or ()
+    )
+    content = privacy.redact(body["content"])
+    message = Message(
         id=body["id"],
         role=role,
-        content=body["content"],
+        content=content,
+        tokens=entry.counter.message_tokens(role.value, content, name, calls),
         created_at_ms=_ms(record["occurred_at"]),
-        name=body.get("name"),
+        name=name,
         metadata=body.get("metadata") or {},
         tool_call_id=body.get("tool_call_id"),
-        tool_calls=tuple(
-            ToolCall(c["id"], c["name"], c["arguments"]) for c in body.get("tool_calls") or ()
-        ),
+        tool_calls=calls,
     )
-    content = privacy.redact(draft.content)
-    tokens = entry.counter.message_tokens(role.value, content, draft.name, draft.tool_calls)
-    return MessageAppended(event_id, draft.counted(content, tokens))
+    return MessageAppended(event_id, message)
 
 
 def _flushed(
