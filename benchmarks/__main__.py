@@ -11,7 +11,9 @@ BENCHMARKS = {"tokens": tokens.run, "store": store.run, "pipeline": pipeline.run
 
 
 def main(argv: list[str]) -> int:
-    """Run the named benchmarks (all by default)."""
+    """Run the named benchmarks (all by default); ``--report-only`` never fails the run."""
+    report_only = "--report-only" in argv
+    argv = [a for a in argv if a != "--report-only"]
     settings = Settings()
     chosen = argv or list(BENCHMARKS)
     failed = []
@@ -23,7 +25,7 @@ def main(argv: list[str]) -> int:
             failed.append(name)
     if failed:
         print(f"targets missed: {', '.join(failed)}")
-        return 1
+        return 0 if report_only else 1
     return 0
 
 
