@@ -269,7 +269,7 @@ class ApplyConsumer:
         outcomes = await self.store.apply(batches, self.owner, hold=True) if batches else []
 
         failed: set[TopicPartition] = set()
-        out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         for outcome in outcomes:
             w = work[outcome.memory_key]
             assert w.partition is not None
@@ -286,7 +286,7 @@ class ApplyConsumer:
                 (
                     self.settings.dlq_topic,
                     rec.key,
-                    rec.value or b"",
+                    rec.value,
                     dead_letter_headers(rec, reason, detail),
                 )
             )
@@ -320,7 +320,7 @@ class ApplyConsumer:
         w: _KeyWork,
         report: BatchReport,
         dead: list[tuple[Record, DeadLetterReason, str]],
-        out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]],
+        out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]],
     ) -> None:
         assert outcome.result is not None
         now_ms = time.time_ns() // 1_000_000
@@ -411,7 +411,7 @@ class ApplyConsumer:
         t.apply_latency.record(latency_ms)
 
     async def _send_all(
-        self, out: Sequence[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
+        self, out: Sequence[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]
     ) -> None:
         if not out:
             return

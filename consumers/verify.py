@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -113,6 +114,10 @@ async def verify(
                 mismatches.append(Mismatch(key, "stored but has no events in the log"))
             continue
         expected = policy.manager.apply(MemoryState(), events).state
+        recent = await store.recent_event_ids(key)
+        if list(recent) != list(expected.recent_event_ids):
+            mismatches.append(Mismatch(key, "recent event ids differ from the log"))
+            continue
         if [m.id for m in snap.messages] != [m.id for m in expected.messages]:
             mismatches.append(
                 Mismatch(
@@ -125,10 +130,17 @@ async def verify(
             mismatches.append(Mismatch(key, "message bodies differ"))
         elif snap.tokens != expected.tokens_by_category():
             mismatches.append(Mismatch(key, f"counters {snap.tokens} != messages"))
-        elif snap.last_offset != expected.last_offset:
-            mismatches.append(
-                Mismatch(key, f"last offset {snap.last_offset} != {expected.last_offset}")
-            )
+        else:
+            # Everything else of the state: offsets, flush sequence and pending flag, savings.
+            want = dataclasses.replace(expected, recent_event_ids=())
+            got = snap.state()
+            diffs = [
+                f"{f.name} {getattr(got, f.name)!r} != {getattr(want, f.name)!r}"
+                for f in dataclasses.fields(want)
+                if f.name != "messages" and getattr(got, f.name) != getattr(want, f.name)
+            ]
+            if diffs:
+                mismatches.append(Mismatch(key, "; ".join(diffs)))
     return VerifyReport(len(chosen), sum(len(log.events.get(k, [])) for k in chosen), mismatches)
 
 

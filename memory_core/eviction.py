@@ -24,6 +24,7 @@ from memory_core.models import (
 from memory_core.toolcalls import has_caller, tool_unit
 
 DEFAULT_ID_WINDOW = 256
+REJECTION_WINDOW = 64
 
 
 class Outcome(StrEnum):
@@ -47,6 +48,8 @@ class EventResult:
     detail: str = ""
     evicted: tuple[Message, ...] = ()
     tokens_saved: int = 0
+    # A rejection repeated because its event was redelivered (the state did not change).
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class _Work:
         self.last_flush_at_ms = state.last_flush_at_ms
         self.last_tokens_saved = state.last_tokens_saved
         self.tokens_saved_total = state.tokens_saved_total
+        self.rejections = list(state.recent_rejections)
 
     def freeze(self) -> MemoryState:
         return MemoryState(
@@ -99,6 +103,7 @@ class _Work:
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
+            recent_rejections=tuple(self.rejections),
         )
 
     def remove(self, indices: list[int]) -> list[Message]:
@@ -168,8 +173,30 @@ class TokenMemoryManager:
         )
 
     def _apply_one(self, work: _Work, logged: LoggedEvent) -> EventResult:
+        result = self._decide(work, logged)
+        if (
+            result.outcome is Outcome.REJECTED
+            and result.reason is not None
+            and not result.redelivered
+        ):
+            work.rejections.append((logged.offset, result.reason.value))
+            del work.rejections[:-REJECTION_WINDOW]
+        return result
+
+    def _decide(self, work: _Work, logged: LoggedEvent) -> EventResult:
         event = logged.event
         if logged.offset <= work.last_offset:
+            for offset, reason in work.rejections:
+                if offset == logged.offset:
+                    # Rejected before: reject again (re-dead-letter), record nothing new.
+                    return EventResult(
+                        offset,
+                        event.event_id,
+                        Outcome.REJECTED,
+                        DeadLetterReason(reason),
+                        "rejected when first applied; dead-lettered again on redelivery",
+                        redelivered=True,
+                    )
             return EventResult(logged.offset, event.event_id, Outcome.DUPLICATE_OFFSET)
         work.last_offset = logged.offset
         if event.event_id in work.recent_set:

@@ -162,6 +162,10 @@ class MemoryState:
     last_flush_at_ms: int | None = None
     last_tokens_saved: int = 0
     tokens_saved_total: int = 0
+    # The last rejected events as (offset, reason): a redelivered rejected event is rejected
+    # (dead-lettered) again, so a crash between the state write and the dead-letter send
+    # loses nothing.
+    recent_rejections: tuple[tuple[int, str], ...] = ()
 
     def tokens(self, category: Category | None = None) -> int:
         """Tokens held in ``category`` (all categories when None)."""
@@ -193,6 +197,7 @@ class Snapshot:
     last_flush_at_ms: int | None
     last_tokens_saved: int
     tokens_saved_total: int
+    recent_rejections: tuple[tuple[int, str], ...]
     config_fingerprint: str | None
     memory_id: str | None
     lock_holder: str | None
@@ -215,4 +220,5 @@ class Snapshot:
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
+            recent_rejections=self.recent_rejections,
         )

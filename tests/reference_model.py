@@ -26,6 +26,7 @@ from memory_core.models import (
 
 WINDOW = 256
 ORDER = ("system", "short_term", "long_term")
+REJECTION_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RefResult:
     outcome: str
     reason: str | None = None
     evicted: tuple[str, ...] = ()
+    redelivered: bool = False
 
 
 def category(m: Message) -> str:
@@ -89,6 +91,7 @@ class ReferenceMemory:
     last_flush_at_ms: int | None = None
     last_tokens_saved: int = 0
     tokens_saved_total: int = 0
+    recent_rejections: list[tuple[int, str]] = field(default_factory=list)
     flush_requests: list[int] = field(default_factory=list)
 
     def state(self) -> MemoryState:
@@ -103,6 +106,7 @@ class ReferenceMemory:
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
+            recent_rejections=tuple(self.recent_rejections),
         )
 
     def budget_of(self, c: str) -> int:
@@ -145,8 +149,19 @@ class ReferenceMemory:
         return result
 
     def _step(self, logged: LoggedEvent) -> RefResult:
-        # 1. Offsets at or below the last one are skipped.
+        result = self._decide(logged)
+        if result.outcome == "rejected" and not result.redelivered:
+            self.recent_rejections = [*self.recent_rejections, (logged.offset, str(result.reason))][
+                -REJECTION_WINDOW:
+            ]
+        return result
+
+    def _decide(self, logged: LoggedEvent) -> RefResult:
+        # 1. Offsets at or below the last one are skipped, but a rejected one is rejected again.
         if logged.offset <= self.last_offset:
+            for offset, reason in self.recent_rejections:
+                if offset == logged.offset:
+                    return RefResult("rejected", reason, redelivered=True)
             return RefResult("duplicate_offset")
         self.last_offset = logged.offset
         # 2. Ids among the last W recorded ones are skipped.

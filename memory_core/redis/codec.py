@@ -68,6 +68,7 @@ def state_meta(state: MemoryState, extra: Mapping[str, str | int]) -> dict[str, 
         "last_tokens_saved": state.last_tokens_saved,
         "tokens_saved_total": state.tokens_saved_total,
         "messages": len(state.messages),
+        "rejections": orjson.dumps([list(r) for r in state.recent_rejections]).decode(),
     }
     for category in CATEGORIES:
         fields[f"tokens_{category.value}"] = totals[category]
@@ -91,6 +92,9 @@ def state_from(
         last_flush_at_ms=_opt_int(meta.get("last_flush_at_ms")),
         last_tokens_saved=int(meta.get("last_tokens_saved", 0)),
         tokens_saved_total=int(meta.get("tokens_saved_total", 0)),
+        recent_rejections=tuple(
+            (int(o), str(r)) for o, r in orjson.loads(meta.get("rejections", "[]"))
+        ),
     )
 
 

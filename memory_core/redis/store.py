@@ -245,6 +245,12 @@ class RedisMemoryStore:
         async with translate_redis_errors():
             return int(await self.redis.incr(f"{self.prefix}:epoch:{scope}"))
 
+    async def recent_event_ids(self, memory_key: str) -> tuple[str, ...]:
+        """The window of recent event ids kept for deduplication, oldest first."""
+        async with translate_redis_errors():
+            raw = await self.redis.lrange(self.keys(memory_key).ids, 0, -1)
+        return tuple(_s(x) for x in raw)
+
     async def applied_offset(self, memory_key: str) -> int:
         """The last log offset applied to ``memory_key`` (-1 if none)."""
         async with translate_redis_errors():
@@ -273,6 +279,7 @@ class RedisMemoryStore:
             last_flush_at_ms=state.last_flush_at_ms,
             last_tokens_saved=state.last_tokens_saved,
             tokens_saved_total=state.tokens_saved_total,
+            recent_rejections=state.recent_rejections,
             config_fingerprint=meta.get("config"),
             memory_id=meta.get("memory_id"),
             lock_holder=_s(holder) or None,
