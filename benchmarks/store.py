@@ -73,7 +73,7 @@ async def _naive(settings: Settings, keys: int, per_key: int, rounds: int) -> fl
     return rate
 
 
-def run(settings: Settings, *, keys: int = 500, per_key: int = 4, rounds: int = 5) -> Result:
+def run(settings: Settings, *, keys: int = 500, per_key: int = 4, rounds: int = 10) -> Result:
     """Events/s of both, same workload shape (naive on a tenth of the keys), best of three."""
     batched = best_of(3, lambda: asyncio.run(_batched(settings, keys, per_key, rounds)))
     naive = best_of(3, lambda: asyncio.run(_naive(settings, keys // 10, per_key, rounds)))
