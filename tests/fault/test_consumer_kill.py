@@ -16,7 +16,6 @@ from consumers.bootstrap import App, build_app
 from consumers.settings import Settings
 from consumers.verify import verify
 from memory_core.redis import RedisMemoryStore
-from tests.integration.conftest import MEMORIES
 from tests.integration.test_ordering import (
     Conversation,
     apply_consumer,
@@ -24,6 +23,7 @@ from tests.integration.test_ordering import (
     stored_state,
     workload,
 )
+from tests.services import MEMORIES
 
 MEMSTREAM = Path(sys.executable).parent / "memstream"
 CHUNK = 2

@@ -23,8 +23,8 @@ from consumers.settings import Settings
 from memory_core import AsyncSafeMemoryInstance, Category, Draft, Kind, Role, Snapshot
 from memory_core.temporal import UNKNOWN_MEMORY, FlushMemory, workflow_id
 from schemas import FLUSH_COMMAND, MEMORY_EVENT
-from tests.integration.conftest import MEMORIES
 from tests.integration.test_ordering import read_topic
+from tests.services import MEMORIES
 
 
 def _memory(app: App, name: str) -> AsyncSafeMemoryInstance:
