@@ -12,8 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self, TypeAlias
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -22,6 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumers.catalog import MemoryCatalog
 from consumers.deadletter import dead_letter_headers
 from consumers.events import to_domain
+from consumers.lifecycle import Component, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry, extract_context, sampled_link
 from memory_core import (
@@ -82,7 +82,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner._on_assigned(assigned)
 
 
-class ApplyConsumer:
+class ApplyConsumer(Component):
     """Consumes memory events, applies them per key under lock, commits only what Redis holds."""
 
     def __init__(
@@ -146,26 +146,14 @@ class ApplyConsumer:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Process batches until ``stop`` is set or ``stop()`` is called."""
-        backoff = 0.1
-        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
-            try:
-                await self.step()
-                backoff = 0.1
-            except (MemstreamError, KafkaError, OSError) as exc:
-                log.warning("apply batch failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """Process batches until ``stop`` is set or ``stop()`` is called; outages back off."""
+        await run_steps(
+            self.step,
+            stopped=lambda: self._stopping.is_set() or (stop is not None and stop.is_set()),
+            retriable=(MemstreamError, KafkaError, OSError),
+            what="apply batch",
+        )
 
     # -- rebalance -----------------------------------------------------------------------------
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
-from typing import Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -17,6 +15,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from consumers.deadletter import dead_letter_headers
+from consumers.lifecycle import Component, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry, extract_context
 from memory_core import DeadLetterReason
@@ -26,7 +25,7 @@ from schemas import FLUSH_COMMAND, AvroCodec, DecodeError, UnknownSchemaError
 log = logging.getLogger(__name__)
 
 
-class FlushDispatcher:
+class FlushDispatcher(Component):
     """Starts one FlushMemory workflow per flush command; commits after Temporal accepted it."""
 
     def __init__(
@@ -72,26 +71,14 @@ class FlushDispatcher:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Dispatch until stopped; Temporal or Kafka outages back off and retry."""
-        backoff = 0.2
-        while not self._stopping.is_set() and not (stop is not None and stop.is_set()):
-            try:
-                await self.step()
-                backoff = 0.2
-            except (KafkaError, RPCError, OSError) as exc:
-                log.warning("dispatch failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        await run_steps(
+            self.step,
+            stopped=lambda: self._stopping.is_set() or (stop is not None and stop.is_set()),
+            retriable=(KafkaError, RPCError, OSError),
+            what="dispatch",
+        )
 
     async def step(self, timeout_ms: int = 200) -> int:
         """Dispatch one fetched batch; returns how many commands it handled."""

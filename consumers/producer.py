@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope, flushed_payload
+from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
 from memory_core import Draft, Message, SystemClock, validate_memory_key
 from schemas import MEMORY_EVENT, AvroCodec
 
 
-class MemoryProducer:
+class MemoryProducer(Component):
     """Idempotent, ``acks=all`` publisher of memory events; one partition per memory key."""
 
     def __init__(
@@ -53,18 +53,6 @@ class MemoryProducer:
         if self._started:
             self._started = False
             await self._producer.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        _t: type[BaseException] | None,
-        _e: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def send_records(self, memory_key: str, records: Sequence[dict[str, Any]]) -> list[int]:
         """Publish encoded records of one memory in order; returns their offsets once durable."""

@@ -7,8 +7,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterable
-from types import TracebackType
-from typing import Self
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -16,6 +14,7 @@ from temporalio.worker import Worker
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App, build_app, connect_temporal
 from consumers.dispatcher import FlushDispatcher
+from consumers.lifecycle import Component
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from consumers.topics import ensure_topics
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 ROLES = ("apply", "dispatch", "worker")
 
 
-class Runner:
+class Runner(Component):
     """Starts the chosen roles as tasks and stops them gracefully (drain within a bound)."""
 
     def __init__(
@@ -102,15 +101,6 @@ class Runner:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         self._tasks.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 async def serve(

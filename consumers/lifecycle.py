@@ -1,0 +1,54 @@
+"""Lifecycle plumbing shared by the long-lived components."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+
+class Component(ABC):
+    """Explicit, idempotent ``start``/``stop``; also an async context manager."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and begin (idempotent)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Finish in-flight work and disconnect (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+async def run_steps(
+    step: Callable[[], Awaitable[object]],
+    *,
+    stopped: Callable[[], bool],
+    retriable: tuple[type[BaseException], ...],
+    what: str,
+    first_backoff_s: float = 0.1,
+    max_backoff_s: float = 5.0,
+) -> None:
+    """Call ``step`` until ``stopped()``; a retriable failure backs off exponentially."""
+    backoff = first_backoff_s
+    while not stopped():
+        try:
+            await step()
+            backoff = first_backoff_s
+        except retriable as exc:
+            log.warning("%s failed, retrying in %.1fs: %s", what, backoff, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
