@@ -16,6 +16,7 @@ from consumers.bootstrap import App, build_app
 from consumers.events import appended_payload, envelope
 from consumers.runner import Runner
 from consumers.settings import Settings
+from consumers.verify import verify
 from memory_core import (
     AsyncSafeMemoryInstance,
     Category,
@@ -243,4 +244,13 @@ async def run_demo(
             f"{totals.dead_lettered if totals else 0} events dead-lettered "
             f"({stats.malformed_sent} poison events sent)."
         )
-        return 0 if bad == 0 else 1
+        # The log is the source of truth: replay it through the pure model and compare.
+        keys = [i.memory_key for i in instances]
+        report = await verify(settings, app.catalog, app.codec, app.store, keys=keys)
+        console.print(
+            f"replay check: {report.memories} memories, {report.events} events replayed from "
+            f"the log through the pure model, {len(report.mismatches)} mismatches with Redis."
+        )
+        for m in report.mismatches[:5]:
+            console.print(f"  MISMATCH {m.memory_key}: {m.detail}")
+        return 0 if bad == 0 and report.ok else 1
