@@ -108,6 +108,7 @@ class ApplyConsumer(Component):
         self._producer: AIOKafkaProducer | None = None
         self._epochs: dict[TopicPartition, int] = {}
         self._fenced: set[TopicPartition] = set()
+        self._next_offsets: dict[TopicPartition, int] = {}  # committed position per partition
         self._processing = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.totals = BatchReport()
@@ -161,6 +162,8 @@ class ApplyConsumer(Component):
         for tp in assigned:
             self._epochs[tp] = await self.store.new_epoch(f"{tp.topic}:{tp.partition}")
             self._fenced.discard(tp)
+            if self._consumer is not None:
+                self._next_offsets[tp] = await self._consumer.committed(tp) or 0
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         # Let the in-flight batch finish and commit (bounded); after that it would be abandoned
@@ -174,22 +177,22 @@ class ApplyConsumer(Component):
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
+            self._next_offsets.pop(tp, None)
         # The new owner of these partitions must not wait for our locks to expire.
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
         self.store.forget()
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Messages behind the high watermark, per assigned partition."""
+        """Records between the committed position and the high watermark, per partition."""
         consumer = self._consumer
         if consumer is None:
             return {}
         out: dict[tuple[str, int], int] = {}
-        for tp in consumer.assignment():
+        for tp, next_offset in list(self._next_offsets.items()):
             high = consumer.highwater(tp)
-            with contextlib.suppress(Exception):
-                if high is not None:
-                    out[(tp.topic, tp.partition)] = max(high - consumer.last_stable_offset(tp), 0)
+            if high is not None:
+                out[(tp.topic, tp.partition)] = max(high - next_offset, 0)
         return out
 
     # -- the batch -----------------------------------------------------------------------------
@@ -290,6 +293,7 @@ class ApplyConsumer(Component):
         if commit:
             await asyncio.shield(consumer.commit(commit))
             report.committed = commit
+            self._next_offsets.update(commit)
         self._metrics(report, (time.perf_counter() - started) * 1000)
         return report
 

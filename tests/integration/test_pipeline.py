@@ -85,3 +85,21 @@ async def test_a_malformed_flush_command_is_dead_lettered_and_dispatch_goes_on(
         return any(m.kind is Kind.SUMMARY for m in await memory.read())
 
     await _until(summarized, 60)
+
+
+async def test_consumer_lag_counts_what_is_left_and_drops_to_zero(app: App, names: str) -> None:
+    from tests.integration.test_ordering import apply_consumer, drain, workload
+
+    (conv,) = workload(seed=4, prefix=names, keys=1, events=30)
+    await app.producer.send_records(conv.memory_key, conv.records)
+    consumer = apply_consumer(app, max_records=5)
+    await consumer.start()
+    try:
+        while not (await consumer.step(timeout_ms=1000)).records:
+            pass
+        assert sum(consumer.lag().values()) == 30 - consumer.totals.records
+        await drain(consumer, 30)
+        assert consumer.lag()
+        assert sum(consumer.lag().values()) == 0
+    finally:
+        await consumer.stop()
