@@ -302,6 +302,9 @@ class ApplyConsumer(Component):
             # A newer owner of this partition wrote the memory: we are a zombie for it.
             log.warning("partition %s fenced on %s (%s)", tp, outcome.memory_key, outcome.detail)
             self._fenced.add(tp)
+            # Stop fetching it; the rebalance that gave it away will take it from us.
+            if self._consumer is not None:
+                self._consumer.pause(tp)
         else:
             self.telemetry.lock_contention.add(1, {"status": outcome.status.value})
             log.info("memory %s refused (%s); retrying", outcome.memory_key, outcome.status)
