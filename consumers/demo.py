@@ -135,7 +135,9 @@ def _progress(runner: Runner, stats: DemoStats) -> Table:
         rows += [
             ("events applied", totals.applied),
             ("duplicates skipped", totals.duplicates),
+            ("tokens appended", totals.tokens_appended),
             ("evicted messages", totals.evicted),
+            ("tokens evicted", totals.tokens_evicted),
             ("flushes requested", totals.flushes_requested),
             ("tokens saved by flushes", totals.tokens_saved),
             ("dead-lettered", totals.dead_lettered),
