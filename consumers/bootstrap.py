@@ -108,7 +108,7 @@ async def build_app(
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         catalog = make_catalog(settings)
-        codec = AvroCodec(make_registry(settings))
+        codec = AvroCodec(make_registry(settings), logical_types=False)
         producer = MemoryProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             topic=settings.events_topic,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -17,6 +18,7 @@ _KEY = re.compile(r"[A-Za-z0-9._@+=:/-]+")
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+@functools.lru_cache(maxsize=65_536)
 def validate_memory_key(key: str) -> str:
     """Return ``key`` if it is a safe memory key, else raise ``InvalidKeyError``."""
     if not key:

@@ -96,3 +96,11 @@ def test_bytes_that_are_not_a_known_record_raise_a_clear_decode_error(
 ) -> None:
     with pytest.raises(DecodeError, match=error):
         AvroCodec(EmbeddedRegistry()).decode(MEMORY_EVENT, data)
+
+
+def test_timestamps_decode_as_datetimes_or_as_their_milliseconds() -> None:
+    data = AvroCodec(EmbeddedRegistry()).encode(FLUSH_COMMAND, COMMAND)
+    as_datetime = AvroCodec(EmbeddedRegistry()).decode(FLUSH_COMMAND, data)["requested_at"]
+    as_millis = AvroCodec(EmbeddedRegistry(), logical_types=False).decode(FLUSH_COMMAND, data)
+    assert int(as_datetime.timestamp() * 1000) == COMMAND["requested_at"]
+    assert as_millis["requested_at"] == COMMAND["requested_at"]
