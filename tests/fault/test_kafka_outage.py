@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,8 +19,12 @@ from consumers.stack import LocalStack
 from consumers.stack.kafka import KafkaService
 from consumers.stack.process import read_pid
 from consumers.topics import ensure_topics
-from consumers.verify import verify
-from tests.integration.test_ordering import apply_consumer, produce_concurrently, workload
+from tests.integration.test_ordering import (
+    apply_consumer,
+    produce_concurrently,
+    until_verified,
+    workload,
+)
 
 
 def _free(port: int) -> bool:
@@ -63,17 +66,6 @@ async def own_stack(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterato
         await stack.down_async()
 
 
-async def _until_verified(settings: Settings, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with build_app(settings) as app:
-        while True:
-            report = await verify(settings, app.catalog, app.codec, app.store)
-            if report.ok and report.memories:
-                return
-            assert time.monotonic() < deadline, report.mismatches[:3]
-            await asyncio.sleep(0.5)
-
-
 async def test_the_consumer_rides_out_a_kafka_crash_and_loses_nothing(
     own_stack: Settings, names: str
 ) -> None:
@@ -88,7 +80,7 @@ async def test_the_consumer_rides_out_a_kafka_crash_and_loses_nothing(
         task = asyncio.create_task(consumer.run(stop))
         try:
             await produce_concurrently(app, half)
-            await _until_verified(own_stack, 60)
+            await until_verified(app, 60)
             applied_before = consumer.totals.applied
             record = read_pid(KafkaService(own_stack).pid_path)
             assert record is not None
@@ -98,7 +90,7 @@ async def test_the_consumer_rides_out_a_kafka_crash_and_loses_nothing(
             statuses = await LocalStack(own_stack, echo=lambda _line: None).up_async()
             assert all(s.up for s in statuses)
             await produce_concurrently(app, rest, seed=3)
-            await _until_verified(own_stack, 120)
+            await until_verified(app, 120)
             assert consumer.totals.applied > applied_before
         finally:
             stop.set()

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from aiokafka.structs import TopicPartition
 
 from consumers.bootstrap import App, build_app
 from consumers.settings import Settings
-from consumers.verify import verify
 from memory_core.redis import KeyBatch, RedisMemoryStore
 from tests.fault.test_redis_restart import DurableRedis
 from tests.integration.test_ordering import (
     apply_consumer,
     produce_concurrently,
+    until_verified,
     workload,
 )
-
-
-async def _until_verified(app: App, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        report = await verify(app.settings, app.catalog, app.codec, app.store)
-        if report.ok and report.memories:
-            return
-        assert time.monotonic() < deadline, report.mismatches[:3]
-        await asyncio.sleep(0.5)
 
 
 async def test_two_consumers_of_a_group_split_the_partitions_and_equal_the_model(
@@ -45,7 +34,7 @@ async def test_two_consumers_of_a_group_split_the_partitions_and_equal_the_model
         await b.start()  # joins the group: the partitions are split between a and b
         runs.append(asyncio.create_task(b.run(stop)))
         await produce_concurrently(app, rest, seed=1)
-        await _until_verified(app)
+        await until_verified(app)
     finally:
         stop.set()
         await asyncio.gather(*runs)
@@ -119,13 +108,13 @@ async def test_the_consumer_rides_out_a_redis_outage_and_loses_nothing(
             task = asyncio.create_task(consumer.run(stop))
             try:
                 await produce_concurrently(app, half)
-                await _until_verified(app, 60)
+                await until_verified(app, 60)
                 server.kill()
                 await produce_concurrently(app, rest, seed=2)
                 await asyncio.sleep(2.0)
                 assert not task.done(), "the consumer died with Redis instead of waiting"
                 server.start()
-                await _until_verified(app, 90)
+                await until_verified(app, 90)
             finally:
                 stop.set()
                 await task

@@ -146,6 +146,17 @@ async def drain(consumer: ApplyConsumer, records: int, timeout: float = 60.0) ->
         await consumer.step(timeout_ms=100)
 
 
+async def until_verified(app: App, timeout: float = 90.0) -> None:
+    """Wait until ``verify`` finds every memory of the log equal to its replay."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = await verify(app.settings, app.catalog, app.codec, app.store)
+        if report.ok and report.memories:
+            return
+        assert time.monotonic() < deadline, report.mismatches[:3]
+        await asyncio.sleep(0.5)
+
+
 def stored_state(snap: Snapshot) -> dict[str, Any]:
     """What a memory holds, without lock, TTL and write-version bookkeeping."""
     return {
