@@ -49,6 +49,9 @@ class _KeyWork:
 
 
 _NEVER = 2**63
+# Members as module names: cheaper in the per-event loop on CPython 3.11.
+_APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
+_DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
 
 
 @dataclass(slots=True)
@@ -344,7 +347,7 @@ class ApplyConsumer(Component):
         with span_cm:
             events = {e.offset: e.event for e in w.batch_events}
             for r in outcome.result.results:
-                if r.outcome is Outcome.APPLIED:
+                if r.outcome is _APPLIED:
                     report.applied += 1
                     report.applied_by_memory[w.memory_id] += 1
                     event = events[r.offset]
@@ -353,9 +356,9 @@ class ApplyConsumer(Component):
                         report.oldest_event_ms = min(
                             report.oldest_event_ms, event.message.created_at_ms
                         )
-                elif r.outcome in (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID):
+                elif r.outcome is _DUPLICATE_OFFSET or r.outcome is _DUPLICATE_ID:
                     report.duplicates += 1
-                elif r.outcome is Outcome.REJECTED and r.reason is not None:
+                elif r.outcome is _REJECTED and r.reason is not None:
                     dead.append((w.records[r.offset], r.reason, r.detail))
                 if r.tokens_saved:
                     report.tokens_saved += r.tokens_saved

@@ -15,7 +15,7 @@ from consumers.producer import MemoryProducer
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import EncodingRegistry, HybridFlushingStrategy
-from memory_core.redis import RedisLockManager, RedisMemoryStore
+from memory_core.redis import RedisLockManager, RedisMemoryStore, use_hiredis_packing
 from memory_core.temporal import FlushActivities
 from schemas import AvroCodec, ConfluentRegistry, EmbeddedRegistry, SchemaRegistry
 
@@ -40,7 +40,7 @@ def make_redis(settings: Settings) -> Redis:
         timeout=settings.redis_socket_timeout_s,
         **kwargs,
     )
-    return Redis.from_pool(pool)
+    return Redis.from_pool(use_hiredis_packing(pool))
 
 
 def make_registry(settings: Settings) -> SchemaRegistry:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from consumers.catalog import CatalogEntry, MemoryCatalog
@@ -24,6 +25,7 @@ from memory_core import (
     validate_memory_key,
 )
 from memory_core.errors import InvalidKeyError
+from memory_core.values import value
 
 NS = "memstream.v1."
 APPENDED, CLEARED, FLUSH_REQUESTED, FLUSHED = (
@@ -84,7 +86,7 @@ def flushed_payload(
     return FLUSHED, {"flush_seq": flush_seq, "summary": body, "tokens_saved": tokens_saved}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Decoded:
     """A decoded event ready to apply, or None when privacy rules drop it."""
 
@@ -128,32 +130,44 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
 
 
+_ROLES = {r.value: r for r in Role}
+_TOOL, _MESSAGE = Role.TOOL, Kind.MESSAGE  # module names: cheaper per event on CPython 3.11
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+
 def _appended(
     event_id: str, body: dict[str, Any], record: dict[str, Any], entry: CatalogEntry
 ) -> MessageAppended | None:
-    role = Role(body["role"])
-    if not body["id"]:
+    # The hot path of the consumer: positional construction, dict lookups over enum calls.
+    role = _ROLES.get(body["role"])
+    if role is None:
+        raise ValueError(f"{body['role']!r} is not a valid Role")
+    message_id = body["id"]
+    if not message_id:
         raise ValueError("message id is empty")
     privacy = entry.policy.privacy
     if not privacy.persists(role):
         return None
-    if role is Role.TOOL and not body.get("tool_call_id"):
+    tool_call_id = body.get("tool_call_id")
+    if role is _TOOL and not tool_call_id:
         raise ValueError("a tool message needs tool_call_id")
     name = body.get("name")
-    calls = tuple(
-        ToolCall(c["id"], c["name"], c["arguments"]) for c in body.get("tool_calls") or ()
+    raw_calls = body.get("tool_calls")
+    calls = (
+        tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in raw_calls) if raw_calls else ()
     )
     content = privacy.redact(body["content"])
     message = Message(
-        id=body["id"],
-        role=role,
-        content=content,
-        tokens=entry.counter.message_tokens(role.value, content, name, calls),
-        created_at_ms=_ms(record["occurred_at"]),
-        name=name,
-        metadata=body.get("metadata") or {},
-        tool_call_id=body.get("tool_call_id"),
-        tool_calls=calls,
+        message_id,
+        role,
+        content,
+        entry.counter.message_tokens(body["role"], content, name, calls),
+        _ms(record["occurred_at"]),
+        _MESSAGE,
+        name,
+        body.get("metadata") or _NO_METADATA,
+        tool_call_id,
+        calls,
     )
     return MessageAppended(event_id, message)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 
-from memory_core.config import Budget
+from memory_core.config import Budget, exact_ceil
 from memory_core.errors import DeadLetterReason
 from memory_core.flushing import flush_due
 from memory_core.models import (
@@ -22,6 +22,7 @@ from memory_core.models import (
     Role,
 )
 from memory_core.toolcalls import has_caller, tool_unit
+from memory_core.values import value
 
 DEFAULT_ID_WINDOW = 256
 REJECTION_WINDOW = 64
@@ -37,7 +38,7 @@ class Outcome(StrEnum):
     STALE_FLUSH = "stale_flush"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class EventResult:
     """The outcome of one event; ``reason`` is set when it was rejected."""
 
@@ -52,7 +53,7 @@ class EventResult:
     redelivered: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ApplyResult:
     """The state after a batch, per-event outcomes, and the flush sequences requested.
 
@@ -72,6 +73,12 @@ class ApplyResult:
     def applied(self) -> int:
         """How many events changed (or were meant to change) the memory."""
         return sum(1 for r in self.results if r.outcome is Outcome.APPLIED)
+
+
+# Members as module names: cheaper on the per-event path (see memory_core.models).
+_APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
+_DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
+_SHORT, _TOOL = Category.SHORT_TERM, Role.TOOL
 
 
 class _Work:
@@ -136,6 +143,10 @@ class TokenMemoryManager:
         self.flush_threshold = flush_threshold
         self.id_window = id_window
         self._limits = {c: budget.of(c) for c in CATEGORIES}
+        self._limit_items = tuple(self._limits.items())
+        # Below this many short-term tokens no flush is due (flush_due's threshold, computed
+        # once: exact decimal arithmetic is slow enough to show per event).
+        self._flush_at = exact_ceil(budget.short_term, flush_threshold)
 
     def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
         """Apply ``events`` in order; the same state and events always give the same result."""
@@ -145,14 +156,14 @@ class TokenMemoryManager:
         for logged in events:
             result = self._apply_one(work, logged)
             results.append(result)
-            forced = result.outcome is Outcome.APPLIED and isinstance(logged.event, FlushRequested)
+            forced = result.outcome is _APPLIED and isinstance(logged.event, FlushRequested)
             if self._should_request_flush(work, forced=forced):
                 work.flush_seq += 1
                 work.flush_pending = True
                 work.flush_offset = logged.offset
                 flushes.append(work.flush_seq)
             elif (
-                result.outcome is Outcome.DUPLICATE_OFFSET
+                result.outcome is _DUPLICATE_OFFSET
                 and work.flush_pending
                 and logged.offset == work.flush_offset
             ):
@@ -162,6 +173,8 @@ class TokenMemoryManager:
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
 
     def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
+        if work.flush_pending or (not forced and work.totals[_SHORT] < self._flush_at):
+            return False  # the common case, decided without the full rule
         return flush_due(
             short_tokens=work.totals[Category.SHORT_TERM] if not forced else None,
             short_messages=lambda: sum(
@@ -174,11 +187,7 @@ class TokenMemoryManager:
 
     def _apply_one(self, work: _Work, logged: LoggedEvent) -> EventResult:
         result = self._decide(work, logged)
-        if (
-            result.outcome is Outcome.REJECTED
-            and result.reason is not None
-            and not result.redelivered
-        ):
+        if result.outcome is _REJECTED and result.reason is not None and not result.redelivered:
             work.rejections.append((logged.offset, result.reason.value))
             del work.rejections[:-REJECTION_WINDOW]
         return result
@@ -197,10 +206,10 @@ class TokenMemoryManager:
                         "rejected when first applied; dead-lettered again on redelivery",
                         redelivered=True,
                     )
-            return EventResult(logged.offset, event.event_id, Outcome.DUPLICATE_OFFSET)
+            return EventResult(logged.offset, event.event_id, _DUPLICATE_OFFSET)
         work.last_offset = logged.offset
         if event.event_id in work.recent_set:
-            return EventResult(logged.offset, event.event_id, Outcome.DUPLICATE_ID)
+            return EventResult(logged.offset, event.event_id, _DUPLICATE_ID)
         work.recent_ids.append(event.event_id)
         work.recent_set.add(event.event_id)
         if len(work.recent_ids) > self.id_window:
@@ -240,7 +249,7 @@ class TokenMemoryManager:
                 DeadLetterReason.DUPLICATE_MESSAGE_ID,
                 f"message id {msg.id} is already in memory",
             )
-        if msg.role is Role.TOOL and not has_caller(work.messages, msg.tool_call_id):
+        if msg.role is _TOOL and not has_caller(work.messages, msg.tool_call_id):
             return self._reject(
                 offset,
                 event.event_id,
@@ -252,7 +261,7 @@ class TokenMemoryManager:
         work.ids.add(msg.id)
         work.totals[msg.category] += msg.tokens
         evicted = self._evict(work)
-        return EventResult(offset, event.event_id, Outcome.APPLIED, evicted=tuple(evicted))
+        return EventResult(offset, event.event_id, _APPLIED, None, "", tuple(evicted))
 
     def _flushed(self, work: _Work, offset: int, event: MemoryFlushed) -> EventResult:
         if event.flush_seq == work.flush_seq:
@@ -314,11 +323,18 @@ class TokenMemoryManager:
 
     def _evict(self, work: _Work) -> list[Message]:
         evicted: list[Message] = []
+        totals = work.totals
+        cap = self.budget.max_messages
+        for category, limit in self._limit_items:
+            if totals[category] > limit:
+                break
+        else:
+            if cap is None or len(work.messages) <= cap:
+                return evicted  # within budget: the common case
         for category, limit in self._limits.items():
             while work.totals[category] > limit:
                 oldest = next(i for i, m in enumerate(work.messages) if m.category is category)
                 evicted.extend(work.remove(tool_unit(work.messages, oldest)))
-        cap = self.budget.max_messages
         if cap is not None:
             while len(work.messages) > cap:
                 oldest = next(

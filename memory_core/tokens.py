@@ -69,7 +69,7 @@ class TokenCounter:
     ) -> None:
         self.encoding = encoding
         self.chat_format = chat_format or ChatFormat()
-        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache: OrderedDict[_Key, int] = OrderedDict()
         self._cache_size = cache_size
         self.hits = 0
         self.misses = 0
@@ -91,10 +91,10 @@ class TokenCounter:
         tool_calls: Sequence[ToolCall] = (),
     ) -> int:
         """Chat-format cost of one message (without the reply priming)."""
-        digest = _digest(role, content, name, tool_calls)
-        cached = self._cache.get(digest)
+        key = _cache_key(role, content, name, tool_calls)
+        cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(digest)
+            self._cache.move_to_end(key)
             self.hits += 1
             return cached
         self.misses += 1
@@ -106,7 +106,7 @@ class TokenCounter:
             # OpenAI does not publish the billing of tool calls; this counts their name and
             # arguments as text, which is what the model reads back.
             cost += self.text_tokens(call.name) + self.text_tokens(call.arguments)
-        self._cache[digest] = cost
+        self._cache[key] = cost
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return cost
@@ -130,6 +130,18 @@ class TokenCounter:
                 return prefix
             cut -= 1
         return ""
+
+
+# Short plain messages are their own cache key (hashing a str is C-fast and cached on the
+# object); anything longer keys by a 128-bit digest so the cache's memory stays bounded.
+_PLAIN_KEY_CHARS = 256
+_Key = tuple[str, str | None, str] | bytes
+
+
+def _cache_key(role: str, content: str, name: str | None, tool_calls: Sequence[ToolCall]) -> _Key:
+    if not tool_calls and len(content) <= _PLAIN_KEY_CHARS:
+        return (role, name, content)
+    return _digest(role, content, name, tool_calls)
 
 
 def _digest(role: str, content: str, name: str | None, tool_calls: Sequence[ToolCall]) -> bytes:

@@ -2,6 +2,7 @@
 
 from memory_core.redis.layout import MemoryKeys
 from memory_core.redis.lock import RedisLease, RedisLockManager
+from memory_core.redis.packing import use_hiredis_packing
 from memory_core.redis.store import (
     KeyBatch,
     KeyOutcome,
@@ -17,4 +18,5 @@ __all__ = [
     "RedisLockManager",
     "RedisMemoryStore",
     "WriteStatus",
+    "use_hiredis_packing",
 ]

@@ -9,17 +9,19 @@ import orjson
 
 from memory_core.models import CATEGORIES, Kind, MemoryState, Message, Role, ToolCall
 
+_MESSAGE = Kind.MESSAGE
 
-def encode_message(m: Message) -> str:
-    """One message as compact JSON."""
+
+def encode_message(m: Message) -> bytes:
+    """One message as compact JSON (UTF-8)."""
     body: dict[str, Any] = {
         "id": m.id,
-        "role": m.role.value,
+        "role": m.role,  # orjson writes a StrEnum as its value
         "content": m.content,
         "tokens": m.tokens,
         "ts": m.created_at_ms,
     }
-    if m.kind is not Kind.MESSAGE:
+    if m.kind is not _MESSAGE:
         body["kind"] = m.kind.value
     if m.name is not None:
         body["name"] = m.name
@@ -31,7 +33,7 @@ def encode_message(m: Message) -> str:
         body["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
     if m.covers:
         body["covers"] = list(m.covers)
-    return orjson.dumps(body).decode()
+    return orjson.dumps(body)
 
 
 def decode_message(raw: str | bytes) -> Message:
@@ -56,22 +58,27 @@ def _opt_int(value: str | None) -> int | None:
     return None if value in (None, "") else int(value)
 
 
-def state_meta(state: MemoryState, extra: Mapping[str, str | int]) -> dict[str, str | int]:
-    """The ``meta`` hash fields of ``state`` (counters derived from its messages)."""
+_TOKEN_FIELDS = tuple((c, f"tokens_{c.value}") for c in CATEGORIES)
+
+
+def state_meta(state: MemoryState, extra: Mapping[str, str]) -> dict[str, str]:
+    """The ``meta`` hash fields of ``state`` as stored (counters derived from its messages)."""
     totals = state.tokens_by_category()
-    fields: dict[str, str | int] = {
-        "last_offset": state.last_offset,
-        "flush_seq": state.flush_seq,
-        "flush_pending": int(state.flush_pending),
-        "flush_offset": state.flush_offset,
-        "last_flush_at_ms": "" if state.last_flush_at_ms is None else state.last_flush_at_ms,
-        "last_tokens_saved": state.last_tokens_saved,
-        "tokens_saved_total": state.tokens_saved_total,
-        "messages": len(state.messages),
-        "rejections": orjson.dumps([list(r) for r in state.recent_rejections]).decode(),
+    fields = {
+        "last_offset": str(state.last_offset),
+        "flush_seq": str(state.flush_seq),
+        "flush_pending": "1" if state.flush_pending else "0",
+        "flush_offset": str(state.flush_offset),
+        "last_flush_at_ms": "" if state.last_flush_at_ms is None else str(state.last_flush_at_ms),
+        "last_tokens_saved": str(state.last_tokens_saved),
+        "tokens_saved_total": str(state.tokens_saved_total),
+        "messages": str(len(state.messages)),
+        "rejections": orjson.dumps([list(r) for r in state.recent_rejections]).decode()
+        if state.recent_rejections
+        else "[]",
     }
-    for category in CATEGORIES:
-        fields[f"tokens_{category.value}"] = totals[category]
+    for category, name in _TOKEN_FIELDS:
+        fields[name] = str(totals[category])
     fields.update(extra)
     return fields
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from memory_core.eviction import ApplyResult, Outcome
@@ -19,7 +18,8 @@ from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
 from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys
-from memory_core.redis.scripts import Call, Script, ScriptRunner
+from memory_core.redis.scripts import Arg, Call, Script, ScriptRunner
+from memory_core.values import value
 
 ACQUIRE = Script.load("acquire")
 WRITE = Script.load("write")
@@ -37,7 +37,7 @@ class WriteStatus(StrEnum):
     CONFLICT = "conflict"  # the state changed since it was read
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class KeyBatch:
     """The events of one memory in one fetched batch, in log order.
 
@@ -51,7 +51,7 @@ class KeyBatch:
     epoch: int = -1
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class KeyOutcome:
     """The apply step's outcome for one memory; ``result`` is set when applied."""
 
@@ -181,7 +181,7 @@ class RedisMemoryStore:
             result = b.policy.manager.apply(cached.state, b.events)
             new = _next(cached, result.state)
             k = self.keys(b.memory_key)
-            meta = state_meta(
+            meta = new.cached.meta = state_meta(
                 result.state,
                 {
                     "next_pos": repr(new.cached.next_pos),
@@ -189,16 +189,30 @@ class RedisMemoryStore:
                     "memory_id": b.policy.config.id,
                 },
             )
-            new.cached.meta = {name: str(value) for name, value in meta.items()}
-            diff = {
-                "removed": new.removed,
-                "added": new.added,
-                "ids": _new_ids(result),
-                "window": b.policy.manager.id_window,
-                "meta": {k: v for k, v in new.cached.meta.items() if cached.meta.get(k) != v},
-            }
+            old_meta = cached.meta
+            changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
+            ids = _new_ids(result)
             lock_ms = b.policy.lock_ttl_ms if hold else 0
-            args = (owner, token, b.epoch, version, b.policy.ttl_ms, _json(diff), lock_ms)
+            # write.lua's flat arguments: header, four counts, then the lists they count.
+            args: list[Arg] = [
+                owner,
+                token,
+                b.epoch,
+                version,
+                b.policy.ttl_ms,
+                lock_ms,
+                b.policy.manager.id_window,
+                len(new.removed),
+                len(new.added),
+                len(ids),
+                len(changed),
+            ]
+            args += new.removed
+            for triple in new.added:
+                args += triple
+            args += ids
+            for pair in changed:
+                args += pair
             call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
             writes.append((b, new.cached, result, call))
 
@@ -291,7 +305,7 @@ class RedisMemoryStore:
 @dataclass(slots=True)
 class _Diff:
     removed: list[str]
-    added: list[tuple[str, str, str]]
+    added: list[tuple[str, str, bytes]]
     cached: _Cached
 
 
@@ -310,7 +324,7 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         else:
             fresh.append(i)
     removed = [i for i in old_scores if i not in scores]
-    added: list[tuple[str, str, str]] = []
+    added: list[tuple[str, str, bytes]] = []
     next_pos = old.next_pos
     tail = len(msgs)
     while fresh and fresh[-1] == tail - 1:
@@ -351,10 +365,6 @@ _DUPLICATES = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
 def _new_ids(result: ApplyResult) -> list[str]:
     """Event ids the batch added to the recent-ids window (duplicates add none)."""
     return [r.event_id for r in result.results if r.outcome not in _DUPLICATES]
-
-
-def _json(value: object) -> bytes:
-    return orjson.dumps(value)
 
 
 def _s(x: Any) -> str:
