@@ -16,6 +16,7 @@ from rich.table import Table
 
 from consumers.bootstrap import build_app
 from consumers.catalog import MemoryCatalog
+from consumers.lifecycle import tune_gc
 from consumers.runner import ROLES
 from consumers.settings import Settings
 from memory_core import (
@@ -172,6 +173,7 @@ def run(
     bad = set(chosen) - set(ROLES)
     if bad or not chosen:
         raise _fail(f"unknown roles {sorted(bad)}; choose from {', '.join(ROLES)}")
+    tune_gc()
     asyncio.run(serve(Settings(), chosen))
 
 
@@ -254,6 +256,7 @@ def demo(
     from consumers.demo import run_demo
 
     _logging(False)
+    tune_gc()
     code = asyncio.run(run_demo(Settings(), agents=agents, users=users, turns=turns))
     raise typer.Exit(code)
 

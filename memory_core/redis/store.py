@@ -77,12 +77,20 @@ _RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
 class RedisMemoryStore:
     """Applies key batches atomically: two pipelined round trips per round, whatever the keys."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "memstream", cache_size: int = 50_000):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "memstream",
+        cache_size: int = 50_000,
+        chunk_keys: int = 128,
+    ):
         self.redis = redis
         self.prefix = prefix
         self._scripts = ScriptRunner(redis)
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
+        self._chunk_keys = chunk_keys
         self.round_trips = 0
         self._held: dict[str, tuple[int, float]] = {}  # key -> (fencing token, renew by)
 
@@ -109,7 +117,30 @@ class RedisMemoryStore:
         refused. Nothing is written for a refused key. With ``hold``, each lock stays held
         (its lease extended by every write) so the next batch of that key needs one round trip;
         ``release`` gives them back (a partition owner does so on revoke and on stop).
+
+        Many keys are applied in concurrent chunks (each its own pipeline and connection), so
+        one chunk's computation overlaps Redis running another chunk's scripts.
         """
+        size = self._chunk_keys
+        if len(batches) <= size:
+            return await self._apply(batches, owner, hold)
+        parts = await asyncio.gather(
+            *(
+                self._apply(batches[i : i + size], owner, hold)
+                for i in range(0, len(batches), size)
+            ),
+            return_exceptions=True,
+        )
+        # Every chunk has finished (none left writing in the background) before any error is
+        # raised; the caller retries the whole batch and the applied chunks deduplicate.
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        return [
+            outcome for part in parts if not isinstance(part, BaseException) for outcome in part
+        ]
+
+    async def _apply(self, batches: Sequence[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
         pending = {b.memory_key: b for b in batches}
         outcomes: dict[str, KeyOutcome] = {}
         started = time.monotonic()

@@ -90,12 +90,31 @@ async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
 
 
 async def test_a_batch_over_many_keys_costs_two_round_trips(redis: Redis) -> None:
-    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}", chunk_keys=256)
     policy = _policy()
     keys = [f"u:{i}" for i in range(200)]
     outcomes = await store.apply([KeyBatch(k, policy, _user_log(5)) for k in keys], "w")
     assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
     assert store.round_trips == 2
+
+
+async def test_concurrent_chunks_apply_every_key_as_the_model_does(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}", chunk_keys=16)
+    policy = _policy(max_messages=4)
+    rng = random.Random(7)
+    logs = {f"u:{i}": _user_log(rng.randint(1, 9)) for i in range(200)}
+    batches = [KeyBatch(k, policy, log) for k, log in logs.items()]
+    outcomes = await store.apply(batches, "w", hold=True)
+    # Outcomes come back in input order, one per key, whatever chunk applied it.
+    assert [o.memory_key for o in outcomes] == list(logs)
+    assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
+    assert store.round_trips == 2 * 13  # 200 keys in chunks of 16: 13 pipelines, 2 each
+    for key, log in logs.items():
+        expected = policy.manager.apply(MemoryState(), log).state
+        snap = await store.read(key)
+        assert snap.messages == expected.messages
+        assert snap.last_offset == expected.last_offset
+        _assert_counters_match(expected, snap.tokens, snap.total_messages)
 
 
 async def test_a_held_lock_makes_the_next_batch_of_a_key_one_round_trip(redis: Redis) -> None:
