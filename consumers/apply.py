@@ -43,7 +43,7 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 @dataclass(slots=True)
 class _KeyWork:
     batch_events: list[LoggedEvent] = field(default_factory=list)
-    records: dict[int, Record] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)  # the record of each batch event
     memory_id: str = ""
     partition: TopicPartition | None = None
 
@@ -228,11 +228,11 @@ class ApplyConsumer(Component):
         report = BatchReport(records=sum(len(r) for r in fetched.values()))
         dead: list[tuple[Record, DeadLetterReason, str]] = []
         work: dict[str, _KeyWork] = defaultdict(_KeyWork)
+        decode, catalog = self.codec.decode, self.catalog
         for tp, records in fetched.items():
             for rec in records:
                 try:
-                    record = self.codec.decode(MEMORY_EVENT, rec.value)
-                    decoded = to_domain(record, rec.key, self.catalog)
+                    decoded = to_domain(decode(MEMORY_EVENT, rec.value), rec.key, catalog)
                 except UnknownSchemaError as exc:
                     dead.append((rec, DeadLetterReason.UNKNOWN_SCHEMA, str(exc)))
                     continue
@@ -246,8 +246,8 @@ class ApplyConsumer(Component):
                     continue
                 w = work[decoded.memory_key]
                 w.batch_events.append(LoggedEvent(rec.offset, decoded.event))
-                w.records[rec.offset] = rec
-                w.memory_id = decoded.entry.config.id
+                w.records.append(rec)
+                w.memory_id = decoded.entry.policy.config.id
                 w.partition = tp
 
         batches = [
@@ -327,8 +327,8 @@ class ApplyConsumer(Component):
         # trace shows an append, its flush and the flush's application) and links the others.
         traced = [
             (rec, link)
-            for rec in list(w.records.values())[:32]
-            if (link := sampled_link(rec.headers)) is not None
+            for rec in w.records[:32]
+            if rec.headers and (link := sampled_link(rec.headers)) is not None
         ]
         span_cm = (
             self.telemetry.tracer.start_as_current_span(
@@ -345,12 +345,14 @@ class ApplyConsumer(Component):
             else contextlib.nullcontext()
         )
         with span_cm:
-            events = {e.offset: e.event for e in w.batch_events}
-            for r in outcome.result.results:
+            applied = 0
+            # One result per event, in the events' order.
+            for r, rec, logged in zip(
+                outcome.result.results, w.records, w.batch_events, strict=True
+            ):
                 if r.outcome is _APPLIED:
-                    report.applied += 1
-                    report.applied_by_memory[w.memory_id] += 1
-                    event = events[r.offset]
+                    applied += 1
+                    event = logged.event
                     if isinstance(event, MessageAppended):
                         report.tokens_appended += event.message.tokens
                         report.oldest_event_ms = min(
@@ -359,13 +361,16 @@ class ApplyConsumer(Component):
                 elif r.outcome is _DUPLICATE_OFFSET or r.outcome is _DUPLICATE_ID:
                     report.duplicates += 1
                 elif r.outcome is _REJECTED and r.reason is not None:
-                    dead.append((w.records[r.offset], r.reason, r.detail))
+                    dead.append((rec, r.reason, r.detail))
                 if r.tokens_saved:
                     report.tokens_saved += r.tokens_saved
                     report.flushes_completed += 1
                 if r.evicted:
                     report.evicted += len(r.evicted)
                     report.tokens_evicted += sum(m.tokens for m in r.evicted)
+            if applied:
+                report.applied += applied
+                report.applied_by_memory[w.memory_id] += applied
             state = outcome.result.state
             for seq in outcome.result.flush_requests:
                 report.flushes_requested += 1
@@ -378,7 +383,7 @@ class ApplyConsumer(Component):
                     "source_offset": state.flush_offset,
                 }
                 # The command carries the trace of the event that requested the flush.
-                origin = w.records.get(state.flush_offset)
+                origin = next((r for r in w.records if r.offset == state.flush_offset), None)
                 headers = list(origin.headers or ()) if origin is not None else []
                 value = self.codec.encode(FLUSH_COMMAND, command)
                 out.append((self.settings.flush_topic, outcome.memory_key.encode(), value, headers))

@@ -91,7 +91,11 @@ class TokenCounter:
         tool_calls: Sequence[ToolCall] = (),
     ) -> int:
         """Chat-format cost of one message (without the reply priming)."""
-        key = _cache_key(role, content, name, tool_calls)
+        key: _Key = (
+            (role, name, content)
+            if not tool_calls and len(content) <= _PLAIN_KEY_CHARS
+            else _digest(role, content, name, tool_calls)
+        )
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -136,12 +140,6 @@ class TokenCounter:
 # object); anything longer keys by a 128-bit digest so the cache's memory stays bounded.
 _PLAIN_KEY_CHARS = 256
 _Key = tuple[str, str | None, str] | bytes
-
-
-def _cache_key(role: str, content: str, name: str | None, tool_calls: Sequence[ToolCall]) -> _Key:
-    if not tool_calls and len(content) <= _PLAIN_KEY_CHARS:
-        return (role, name, content)
-    return _digest(role, content, name, tool_calls)
 
 
 def _digest(role: str, content: str, name: str | None, tool_calls: Sequence[ToolCall]) -> bytes:
