@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from enum import StrEnum
 
-from memory_core.config import Budget, exact_ceil
+from memory_core.config import Budget
 from memory_core.errors import DeadLetterReason
 from memory_core.flushing import flush_due
 from memory_core.models import (
@@ -78,7 +78,7 @@ class ApplyResult:
 # Members as module names: cheaper on the per-event path (see memory_core.models).
 _APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
 _DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
-_SHORT, _TOOL = Category.SHORT_TERM, Role.TOOL
+_TOOL = Role.TOOL
 
 
 class _Work:
@@ -144,9 +144,6 @@ class TokenMemoryManager:
         self.id_window = id_window
         self._limits = {c: budget.of(c) for c in CATEGORIES}
         self._limit_items = tuple(self._limits.items())
-        # Below this many short-term tokens no flush is due (flush_due's threshold, computed
-        # once: exact decimal arithmetic is slow enough to show per event).
-        self._flush_at = exact_ceil(budget.short_term, flush_threshold)
 
     def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
         """Apply ``events`` in order; the same state and events always give the same result."""
@@ -173,8 +170,6 @@ class TokenMemoryManager:
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
 
     def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
-        if work.flush_pending or (not forced and work.totals[_SHORT] < self._flush_at):
-            return False  # the common case, decided without the full rule
         return flush_due(
             short_tokens=work.totals[Category.SHORT_TERM] if not forced else None,
             short_messages=lambda: sum(
@@ -331,8 +326,8 @@ class TokenMemoryManager:
         else:
             if cap is None or len(work.messages) <= cap:
                 return evicted  # within budget: the common case
-        for category, limit in self._limits.items():
-            while work.totals[category] > limit:
+        for category, limit in self._limit_items:
+            while totals[category] > limit:
                 oldest = next(i for i, m in enumerate(work.messages) if m.category is category)
                 evicted.extend(work.remove(tool_unit(work.messages, oldest)))
         if cap is not None:

@@ -133,12 +133,12 @@ class RedisMemoryStore:
         )
         # Every chunk has finished (none left writing in the background) before any error is
         # raised; the caller retries the whole batch and the applied chunks deduplicate.
+        outcomes: list[KeyOutcome] = []
         for part in parts:
             if isinstance(part, BaseException):
                 raise part
-        return [
-            outcome for part in parts if not isinstance(part, BaseException) for outcome in part
-        ]
+            outcomes += part
+        return outcomes
 
     async def _apply(self, batches: Sequence[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
         pending = {b.memory_key: b for b in batches}
