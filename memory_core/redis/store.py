@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,10 +18,9 @@ from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
 from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys
-from memory_core.redis.scripts import Arg, Call, Script, ScriptRunner
+from memory_core.redis.scripts import Arg, Call, InFlight, Script, ScriptRunner
 from memory_core.values import value
 
-ACQUIRE = Script.load("acquire")
 WRITE = Script.load("write")
 RELEASE = Script.load("release")
 READ = Script.load("read")
@@ -34,7 +33,7 @@ class WriteStatus(StrEnum):
     LOCKED = "locked"  # another owner holds the lock
     LOCK_LOST = "lock_lost"  # our lock expired before the write
     FENCED = "fenced"  # a newer writer (token or partition epoch) wrote this memory
-    CONFLICT = "conflict"  # the state changed since it was read
+    CONFLICT = "conflict"  # the state was not at the version computed from (retried at once)
 
 
 @value
@@ -72,10 +71,20 @@ class _Cached:
 
 
 _RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
+# Chunks written but not yet read, at most: each holds a pooled connection meanwhile.
+_IN_FLIGHT = 4
+
+
+@dataclass(slots=True)
+class _Write:
+    batch: KeyBatch
+    cached: _Cached  # the state after the write, version set once Redis accepts it
+    result: ApplyResult
+    call: Call
 
 
 class RedisMemoryStore:
-    """Applies key batches atomically: two pipelined round trips per round, whatever the keys."""
+    """Applies key batches atomically: one pipelined round trip per round, whatever the keys."""
 
     def __init__(
         self,
@@ -83,7 +92,7 @@ class RedisMemoryStore:
         *,
         prefix: str = "memstream",
         cache_size: int = 50_000,
-        chunk_keys: int = 128,
+        chunk_keys: int = 64,
     ):
         self.redis = redis
         self.prefix = prefix
@@ -113,158 +122,137 @@ class RedisMemoryStore:
     ) -> list[KeyOutcome]:
         """Apply each key's events under its lock (held as ``owner``); locked or raced keys retry.
 
-        Retries stop at the policy's acquire timeout; the outcome then says why the key was
-        refused. Nothing is written for a refused key. With ``hold``, each lock stays held
-        (its lease extended by every write) so the next batch of that key needs one round trip;
+        Each key costs one round trip: the write takes the lock itself when it is not held. A
+        key whose cached state is missing or stale costs two (the first answers with the
+        state). Retries stop at the policy's acquire timeout; the outcome then says why the key
+        was refused. Nothing is written for a refused key. With ``hold``, each lock stays held
+        (its lease extended by every write), keeping other writers out between batches;
         ``release`` gives them back (a partition owner does so on revoke and on stop).
 
-        Many keys are applied in concurrent chunks (each its own pipeline and connection), so
-        one chunk's computation overlaps Redis running another chunk's scripts.
+        Many keys go out in chunks, each written on its own connection before the next is
+        computed, so computing one chunk overlaps Redis running the previous ones.
         """
-        size = self._chunk_keys
-        if len(batches) <= size:
-            return await self._apply(batches, owner, hold)
-        parts = await asyncio.gather(
-            *(
-                self._apply(batches[i : i + size], owner, hold)
-                for i in range(0, len(batches), size)
-            ),
-            return_exceptions=True,
-        )
-        # Every chunk has finished (none left writing in the background) before any error is
-        # raised; the caller retries the whole batch and the applied chunks deduplicate.
-        outcomes: list[KeyOutcome] = []
-        for part in parts:
-            if isinstance(part, BaseException):
-                raise part
-            outcomes += part
-        return outcomes
-
-    async def _apply(self, batches: Sequence[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
-        pending = {b.memory_key: b for b in batches}
+        pending = list(batches)
         outcomes: dict[str, KeyOutcome] = {}
         started = time.monotonic()
         delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
         while pending:
-            for outcome in await self._round(list(pending.values()), owner, hold):
-                batch = pending[outcome.memory_key]
+            retry: list[KeyBatch] = []
+            locked = False
+            for b, outcome in zip(pending, await self._round(pending, owner, hold), strict=True):
                 elapsed = time.monotonic() - started
-                if outcome.status in _RETRIED and elapsed < batch.policy.acquire_timeout_s:
-                    continue
-                outcomes[outcome.memory_key] = outcome
-                del pending[outcome.memory_key]
-            if pending:
+                if outcome.status in _RETRIED and elapsed < b.policy.acquire_timeout_s:
+                    # A conflict left us the lock and the current state: retry at once.
+                    locked = locked or outcome.status is WriteStatus.LOCKED
+                    retry.append(b)
+                else:
+                    outcomes[b.memory_key] = outcome
+            pending = retry
+            if pending and locked:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
         return [outcomes[b.memory_key] for b in batches]
 
     async def _round(self, batches: list[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
+        # One write per memory. A memory never seen is computed from the empty state (version
+        # 0): new memories, the common case, then cost a single round trip; one that exists
+        # answers CONFLICT with its state, and the next round writes it.
         now = time.monotonic()
-        locked: dict[str, tuple[int, int]] = {}  # key -> (fencing token, version)
-        to_acquire: list[KeyBatch] = []
-        for b in batches:
-            held = self._held.get(b.memory_key)
-            cached = self._cache.get(b.memory_key)
-            # A lock still held from an earlier batch (with half its lease left) and a cached
-            # state skip the acquire round trip; the write still checks both.
-            if held is not None and cached is not None and held[1] > now:
-                locked[b.memory_key] = (held[0], cached.version)
-            else:
-                to_acquire.append(b)
-        outcomes: dict[str, KeyOutcome] = {}
-        replies: dict[str, list[Any]] = {}
-        if to_acquire:
-            acquire_calls = []
-            for b in to_acquire:
-                k = self.keys(b.memory_key)
-                cached = self._cache.get(b.memory_key)
-                known = str(cached.version) if cached is not None else "-1"
-                acquire_calls.append(
-                    Call(
-                        ACQUIRE,
-                        (k.lock, k.fence, k.meta, k.order, k.msgs, k.ids),
-                        (owner, b.policy.lock_ttl_ms, known),
-                    )
-                )
-            self.round_trips += 1
-            for b, reply in zip(
-                to_acquire, await self._scripts.run_many(acquire_calls), strict=True
-            ):
-                if _s(reply[0]) == "LOCKED":
-                    self._held.pop(b.memory_key, None)
-                    outcomes[b.memory_key] = KeyOutcome(
-                        b.memory_key, WriteStatus.LOCKED, detail=f"held by {_s(reply[1])}"
-                    )
-                    continue
-                locked[b.memory_key] = (int(reply[1]), int(reply[2]))
-                replies[b.memory_key] = reply
+        size = self._chunk_keys
+        window: deque[tuple[list[_Write], InFlight]] = deque()
+        outcomes: list[KeyOutcome] = []
+        try:
+            for i in range(0, len(batches), size):
+                writes = []
+                for b in batches[i : i + size]:
+                    cached = self._cache.get(b.memory_key) or _Cached(0, MemoryState())
+                    held = self._held.get(b.memory_key)
+                    # A lock still held from an earlier batch (with half its lease left) is
+                    # written with its token; else the write takes the lock, draws a token.
+                    token = held[0] if held is not None and held[1] > now else -1
+                    writes.append(self._write(b, cached, owner, token, hold))
+                window.append((writes, await self._scripts.send([w.call for w in writes])))
+                if len(window) >= _IN_FLIGHT:
+                    outcomes += await self._settle(*window.popleft(), hold)
+            while window:
+                outcomes += await self._settle(*window.popleft(), hold)
+        finally:
+            # After an error: chunks sent but not read may or may not have been applied. Their
+            # cached states stay at the old version, so the retried batch gets a CONFLICT with
+            # the stored state and its events deduplicate.
+            for _, inflight in window:
+                await inflight.abandon()
+        self.round_trips += 1
+        return outcomes
 
-        writes: list[tuple[KeyBatch, _Cached, ApplyResult, Call]] = []
-        for b in batches:
-            if b.memory_key not in locked:
-                continue
-            token, version = locked[b.memory_key]
-            cached = self._cache.get(b.memory_key)
-            reply = replies.get(b.memory_key)
-            if cached is None or cached.version != version or (reply and len(reply) > 3):
-                assert reply is not None
-                cached = _decode_cached(version, reply)
-            result = b.policy.manager.apply(cached.state, b.events)
-            new = _next(cached, result.state)
-            k = self.keys(b.memory_key)
-            meta = new.cached.meta = state_meta(
-                result.state,
-                {
-                    "next_pos": repr(new.cached.next_pos),
-                    "config": b.policy.fingerprint,
-                    "memory_id": b.policy.config.id,
-                },
-            )
-            old_meta = cached.meta
-            changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
-            ids = _new_ids(result)
-            lock_ms = b.policy.lock_ttl_ms if hold else 0
-            # write.lua's flat arguments: header, four counts, then the lists they count.
-            args: list[Arg] = [
-                owner,
-                token,
-                b.epoch,
-                version,
-                b.policy.ttl_ms,
-                lock_ms,
-                b.policy.manager.id_window,
-                len(new.removed),
-                len(new.added),
-                len(ids),
-                len(changed),
-            ]
-            args += new.removed
-            for triple in new.added:
-                args += triple
-            args += ids
-            for pair in changed:
-                args += pair
-            call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
-            writes.append((b, new.cached, result, call))
-
-        if writes:
-            write_replies = await self._scripts.run_many([w[3] for w in writes])
-            self.round_trips += 1
-            written_at = time.monotonic()
-            for (b, new_cached, result, call), reply in zip(writes, write_replies, strict=True):
-                if _s(reply[0]) == "OK":
-                    new_cached.version = int(_s(reply[1]))
-                    self._remember(b.memory_key, new_cached)
-                    if hold:
-                        renew_by = written_at + b.policy.lock_ttl_ms / 2000
-                        self._held[b.memory_key] = (int(call.args[1]), renew_by)
-                    outcomes[b.memory_key] = KeyOutcome(b.memory_key, WriteStatus.APPLIED, result)
+    async def _settle(
+        self, writes: list[_Write], inflight: InFlight, hold: bool
+    ) -> list[KeyOutcome]:
+        """Read one chunk's replies and record what they say in the cache and held locks."""
+        replies = await inflight.replies()
+        written_at = time.monotonic()
+        outcomes: list[KeyOutcome] = []
+        for w, reply in zip(writes, replies, strict=True):
+            b = w.batch
+            key = b.memory_key
+            status = _s(reply[0])
+            if status == "OK":
+                w.cached.version = int(_s(reply[1]))
+                self._remember(key, w.cached)
+                if hold:
+                    self._held[key] = (int(reply[2]), written_at + b.policy.lock_ttl_ms / 2000)
                 else:
-                    self._cache.pop(b.memory_key, None)
-                    self._held.pop(b.memory_key, None)
-                    status = WriteStatus(_s(reply[0]).lower())
-                    outcomes[b.memory_key] = KeyOutcome(b.memory_key, status, detail=_s(reply[1]))
-        return [outcomes[b.memory_key] for b in batches]
+                    self._held.pop(key, None)
+                outcomes.append(KeyOutcome(key, WriteStatus.APPLIED, w.result))
+            elif status == "CONFLICT":
+                self._remember(key, _decode_cached(int(reply[2]), reply))
+                self._held[key] = (int(reply[1]), written_at + b.policy.lock_ttl_ms / 2000)
+                outcomes.append(KeyOutcome(key, WriteStatus.CONFLICT, detail="state refreshed"))
+            else:
+                self._cache.pop(key, None)
+                self._held.pop(key, None)
+                outcomes.append(KeyOutcome(key, WriteStatus(status.lower()), detail=_s(reply[1])))
+        return outcomes
+
+    def _write(self, b: KeyBatch, cached: _Cached, owner: str, token: int, hold: bool) -> _Write:
+        """The batch applied to ``cached`` by the pure manager, and the write that stores it."""
+        result = b.policy.manager.apply(cached.state, b.events)
+        new = _next(cached, result.state)
+        meta = new.cached.meta = state_meta(
+            result.state,
+            {
+                "next_pos": repr(new.cached.next_pos),
+                "config": b.policy.fingerprint,
+                "memory_id": b.policy.config.id,
+            },
+        )
+        old_meta = cached.meta
+        changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
+        ids = _new_ids(result)
+        # write.lua's flat arguments: header, four counts, then the lists they count.
+        args: list[Arg] = [
+            owner,
+            token,
+            b.epoch,
+            cached.version,
+            b.policy.ttl_ms,
+            b.policy.lock_ttl_ms if hold else 0,
+            b.policy.lock_ttl_ms,
+            b.policy.manager.id_window,
+            len(new.removed),
+            len(new.added),
+            len(ids),
+            len(changed),
+        ]
+        args += new.removed
+        for triple in new.added:
+            args += triple
+        args += ids
+        for pair in changed:
+            args += pair
+        k = self.keys(b.memory_key)
+        call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
+        return _Write(b, new.cached, result, call)
 
     async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
         """Release the locks held across batches (all when None); returns how many were held."""
@@ -377,8 +365,7 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
-    if len(reply) <= 3:
-        return _Cached(version, MemoryState())
+    """The state a CONFLICT reply carries: ``[status, token, version, meta, order, msgs, ids]``."""
     meta = pairs(reply[3])
     flat_order = [_s(x) for x in reply[4]]
     bodies = pairs(reply[5])

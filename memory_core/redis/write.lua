@@ -1,38 +1,47 @@
--- Write one memory's new state as a diff, then keep or release the lock. Refused (and nothing
--- written) unless the caller holds the lock, its fencing token and partition epoch are not
--- older than the last writer's, and the state is still at the version it computed from.
+-- Write one memory's new state as a diff, taking its lock first when the caller does not hold
+-- it: one round trip per memory in the common case. Refused (and nothing written) when another
+-- owner holds the lock, when the caller's fencing token or partition epoch is older than the
+-- last writer's, or when the state is not at the version the caller computed from. On that
+-- last refusal (CONFLICT) the caller keeps the lock and gets the current state back, so its
+-- next attempt is one more round trip, with no wait.
 -- KEYS: lock, meta, order, msgs, fence, ids
--- ARGV: owner, token, epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the
---       lock, else keep holding it for hold_ms more), id window, then four counts
---       (removed, added, event ids, meta fields) and the flat lists they count:
---       removed message ids; (score, id, body) per added message; event ids; (field, value)
---       per changed meta field. Flat arguments, not JSON: nothing to decode here.
+-- ARGV: owner, token (-1 = not held: take the lock and draw a token here), epoch (-1 = none),
+--       expected_version, ttl_ms, hold_ms (0 = release the lock after the write, else keep
+--       holding it for hold_ms more), lease_ms (how long a CONFLICT keeps the lock), id window,
+--       then four counts (removed, added, event ids, meta fields) and the flat lists they
+--       count: removed message ids; (score, id, body) per added message; event ids;
+--       (field, value) per changed meta field. Flat arguments, not JSON: nothing to decode.
+-- Replies: {'OK', new_version, token} | {'CONFLICT', token, version, meta, order, msgs, ids}
+--          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
 local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expected, ttl, hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local window = tonumber(ARGV[7])
-local n_removed, n_added = tonumber(ARGV[8]), tonumber(ARGV[9])
-local n_ids, n_meta = tonumber(ARGV[10]), tonumber(ARGV[11])
+local lease, window = tonumber(ARGV[7]), tonumber(ARGV[8])
+local n_removed, n_added = tonumber(ARGV[9]), tonumber(ARGV[10])
+local n_ids, n_meta = tonumber(ARGV[11]), tonumber(ARGV[12])
 local holder = redis.call('GET', KEYS[1])
-if holder ~= owner then
-  if holder then return {'LOCKED', holder} end
-  return {'LOCK_LOST', ''}
-end
+if holder and holder ~= owner then return {'LOCKED', holder} end
+if token >= 0 and not holder then return {'LOCK_LOST', ''} end
 local m = redis.call('HMGET', KEYS[2], 'version', 'epoch', 'fence')
 local version = tonumber(m[1]) or 0
 local refusal
 if epoch >= 0 and (tonumber(m[2]) or -1) > epoch then
   refusal = {'FENCED', 'epoch ' .. m[2]}
-elseif (tonumber(m[3]) or 0) > token then
+elseif token >= 0 and (tonumber(m[3]) or 0) > token then
   refusal = {'FENCED', 'token ' .. m[3]}
-elseif version ~= expected then
-  refusal = {'CONFLICT', tostring(version)}
 end
 if refusal then
-  redis.call('DEL', KEYS[1])
+  if holder then redis.call('DEL', KEYS[1]) end
   return refusal
 end
+if token < 0 then token = redis.call('INCR', KEYS[5]) end
+if version ~= expected then
+  redis.call('SET', KEYS[1], owner, 'PX', lease)
+  return {'CONFLICT', token, version, redis.call('HGETALL', KEYS[2]),
+          redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[4]),
+          redis.call('LRANGE', KEYS[6], 0, -1)}
+end
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
-local at = 12
+local at = 13
 for i = at, at + n_removed - 1, 1000 do
   local j = math.min(i + 999, at + n_removed - 1)
   redis.call('ZREM', KEYS[3], unpack(ARGV, i, j))
@@ -70,8 +79,8 @@ end
 redis.call('HSET', KEYS[2], unpack(fields))
 for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
 if hold > 0 then
-  redis.call('PEXPIRE', KEYS[1], hold)
-else
+  redis.call('SET', KEYS[1], owner, 'PX', hold)
+elseif holder then
   redis.call('DEL', KEYS[1])
 end
-return {'OK', tostring(version + 1)}
+return {'OK', tostring(version + 1), token}

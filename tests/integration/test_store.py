@@ -19,6 +19,7 @@ from memory_core import (
     MemoryConfig,
     MemoryPolicy,
     MemoryState,
+    Outcome,
     Role,
     parse_config,
 )
@@ -89,13 +90,42 @@ async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
     assert requested == list(expected.flush_requests)
 
 
-async def test_a_batch_over_many_keys_costs_two_round_trips(redis: Redis) -> None:
+async def test_a_batch_over_many_new_keys_costs_one_round_trip(redis: Redis) -> None:
     store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}", chunk_keys=256)
     policy = _policy()
     keys = [f"u:{i}" for i in range(200)]
     outcomes = await store.apply([KeyBatch(k, policy, _user_log(5)) for k in keys], "w")
     assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
-    assert store.round_trips == 2
+    assert store.round_trips == 1
+
+
+async def test_existing_keys_unknown_to_the_store_cost_two_round_trips_and_apply_on_top(
+    redis: Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    policy = _policy(max_messages=6)
+    keys = [f"u:{i}" for i in range(100)]
+    log = _user_log(9)
+    await RedisMemoryStore(redis, prefix=prefix).apply(
+        [KeyBatch(k, policy, log[:5]) for k in keys], "first"
+    )
+    # A restarted consumer: empty cache. Its first write assumes new memories, is refused
+    # with the stored state, and the second one applies the rest on top of it.
+    cold = RedisMemoryStore(redis, prefix=prefix, chunk_keys=256)
+    outcomes = await cold.apply([KeyBatch(k, policy, log[3:]) for k in keys], "second")
+    assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
+    assert cold.round_trips == 2
+    expected = policy.manager.apply(MemoryState(), log).state
+    for key, outcome in zip(keys, outcomes, strict=True):
+        assert outcome.result is not None
+        assert [r.outcome for r in outcome.result.results] == [
+            Outcome.DUPLICATE_OFFSET,
+            Outcome.DUPLICATE_OFFSET,
+            *[Outcome.APPLIED] * 4,
+        ]
+        snap = await cold.read(key)
+        assert snap.messages == expected.messages
+        _assert_counters_match(expected, snap.tokens, snap.total_messages)
 
 
 async def test_concurrent_chunks_apply_every_key_as_the_model_does(redis: Redis) -> None:
@@ -108,7 +138,7 @@ async def test_concurrent_chunks_apply_every_key_as_the_model_does(redis: Redis)
     # Outcomes come back in input order, one per key, whatever chunk applied it.
     assert [o.memory_key for o in outcomes] == list(logs)
     assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
-    assert store.round_trips == 2 * 13  # 200 keys in chunks of 16: 13 pipelines, 2 each
+    assert store.round_trips == 1  # 200 new keys in 13 chunks of 16, pipelined: one round
     for key, log in logs.items():
         expected = policy.manager.apply(MemoryState(), log).state
         snap = await store.read(key)
@@ -117,17 +147,17 @@ async def test_concurrent_chunks_apply_every_key_as_the_model_does(redis: Redis)
         _assert_counters_match(expected, snap.tokens, snap.total_messages)
 
 
-async def test_a_held_lock_makes_the_next_batch_of_a_key_one_round_trip(redis: Redis) -> None:
+async def test_a_held_lock_keeps_other_writers_out_between_batches(redis: Redis) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     store = RedisMemoryStore(redis, prefix=prefix)
     policy = _policy()
     keys = [f"u:{i}" for i in range(50)]
     await store.apply([KeyBatch(k, policy, _user_log(2)) for k in keys], "owner", hold=True)
-    assert store.round_trips == 2
+    assert store.round_trips == 1
     await store.apply(
         [KeyBatch(k, policy, _user_log(2, start=2)) for k in keys], "owner", hold=True
     )
-    assert store.round_trips == 3
+    assert store.round_trips == 2
     (other,) = await RedisMemoryStore(redis, prefix=prefix).apply(
         [KeyBatch("u:0", policy, _user_log(1, start=4))], "someone-else"
     )
