@@ -9,10 +9,14 @@ import random
 import uuid
 from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from consumers.bootstrap import make_redis
+from consumers.settings import Settings
 from memory_core import (
     Category,
     LoggedEvent,
@@ -266,3 +270,39 @@ async def test_a_flush_result_replaces_exactly_the_covered_messages(redis: Redis
     page = await store.read("u:f", start=1, stop=2)
     assert [m.id for m in page.messages] == ["s", "m3"]
     assert page.total_messages == 5
+
+
+async def test_a_failing_chunk_gives_back_every_connection_and_the_retry_applies_all(
+    stack: Settings,
+) -> None:
+    # Five connections: the four chunks in flight and one spare. A connection kept by the
+    # failed round would make the next rounds wait for the pool and time out.
+    client = make_redis(
+        stack.model_copy(update={"redis_max_connections": 5, "redis_socket_timeout_s": 2.0})
+    )
+    try:
+        store = RedisMemoryStore(client, prefix=f"t{uuid.uuid4().hex[:8]}", chunk_keys=8)
+        policy = _policy()
+        keys = [f"u:{i}" for i in range(64)]
+        log = _user_log(4)
+        # A meta hash of the wrong type makes the third chunk's script fail in Redis.
+        await client.set(store.keys("u:20").meta, "not a hash")
+        for _ in range(3):
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await store.apply([KeyBatch(k, policy, log) for k in keys], "w", hold=True)
+        await client.delete(store.keys("u:20").meta)
+        outcomes = await store.apply([KeyBatch(k, policy, log) for k in keys], "w", hold=True)
+        assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
+        # The failed rounds had sent six chunks (u:0 to u:47, four in flight) when they read
+        # the failing third one: Redis applied all of them but u:20, read or not, so their
+        # events come back as duplicates now (the unread ones after a CONFLICT that returned
+        # the stored state).
+        applied = [o.result.applied for o in outcomes if o.result is not None]
+        assert applied == [0 if i < 48 and i != 20 else 4 for i in range(64)]
+        expected = policy.manager.apply(MemoryState(), log).state
+        for key in keys:
+            snap = await store.read(key)
+            assert snap.messages == expected.messages
+            _assert_counters_match(expected, snap.tokens, snap.total_messages)
+    finally:
+        await client.aclose()
