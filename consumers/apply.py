@@ -21,7 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumers.catalog import MemoryCatalog
 from consumers.deadletter import dead_letter_headers
 from consumers.events import to_domain
-from consumers.lifecycle import Component, run_steps
+from consumers.lifecycle import Component, gc_paused, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry, extract_context, sampled_link
 from memory_core import (
@@ -42,10 +42,10 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 @dataclass(slots=True)
 class _KeyWork:
+    memory_id: str
+    partition: TopicPartition
     batch_events: list[LoggedEvent] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)  # the record of each batch event
-    memory_id: str = ""
-    partition: TopicPartition | None = None
 
 
 _NEVER = 2**63
@@ -211,7 +211,8 @@ class ApplyConsumer(Component):
             return BatchReport()
         async with self._processing:
             try:
-                report = await self._process(consumer, fetched)
+                with gc_paused():
+                    report = await self._process(consumer, fetched)
             except BaseException:
                 # Nothing of this batch is committed: rewind so it is fetched again.
                 for tp, recs in fetched.items():
@@ -227,7 +228,7 @@ class ApplyConsumer(Component):
         started = time.perf_counter()
         report = BatchReport(records=sum(len(r) for r in fetched.values()))
         dead: list[tuple[Record, DeadLetterReason, str]] = []
-        work: dict[str, _KeyWork] = defaultdict(_KeyWork)
+        work: dict[str, _KeyWork] = {}
         decode, catalog = self.codec.decode, self.catalog
         for tp, records in fetched.items():
             for rec in records:
@@ -242,20 +243,21 @@ class ApplyConsumer(Component):
                 except RejectedEventError as exc:
                     dead.append((rec, exc.reason, exc.detail))
                     continue
-                if decoded.event is None:
+                event = decoded.event
+                if event is None:
                     continue
-                w = work[decoded.memory_key]
-                w.batch_events.append(LoggedEvent(rec.offset, decoded.event))
+                w = work.get(decoded.memory_key)
+                if w is None:
+                    w = work[decoded.memory_key] = _KeyWork(decoded.entry.policy.config.id, tp)
+                w.batch_events.append(LoggedEvent(rec.offset, event))
                 w.records.append(rec)
-                w.memory_id = decoded.entry.policy.config.id
-                w.partition = tp
 
         batches = [
             KeyBatch(
                 key,
                 entry.policy,
                 w.batch_events,
-                epoch=self._epochs.get(w.partition, -1) if w.partition is not None else -1,
+                epoch=self._epochs.get(w.partition, -1),
             )
             for key, w in work.items()
             if (entry := self.catalog.get(w.memory_id)) is not None
@@ -266,7 +268,6 @@ class ApplyConsumer(Component):
         out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
         for outcome in outcomes:
             w = work[outcome.memory_key]
-            assert w.partition is not None
             if outcome.status is not WriteStatus.APPLIED or outcome.result is None:
                 failed.add(w.partition)
                 self._refused(w.partition, outcome)

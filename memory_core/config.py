@@ -230,7 +230,6 @@ def exact_floor(count: int, share: float) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4096)
 def exact_ceil(count: int, share: float) -> int:
     """ceil(count × share) in exact decimal arithmetic (cached: called per event)."""
     return math.ceil(count * exact(share))

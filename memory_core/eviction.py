@@ -78,7 +78,7 @@ class ApplyResult:
 # Members as module names: cheaper on the per-event path (see memory_core.models).
 _APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
 _DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
-_TOOL = Role.TOOL
+_TOOL, _SHORT = Role.TOOL, Category.SHORT_TERM
 
 
 class _Work:
@@ -98,6 +98,9 @@ class _Work:
         self.last_tokens_saved = state.last_tokens_saved
         self.tokens_saved_total = state.tokens_saved_total
         self.rejections = list(state.recent_rejections)
+
+    def short_messages(self) -> int:
+        return sum(1 for m in self.messages if m.category is _SHORT)
 
     def freeze(self) -> MemoryState:
         return MemoryState(
@@ -171,10 +174,8 @@ class TokenMemoryManager:
 
     def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
         return flush_due(
-            short_tokens=work.totals[Category.SHORT_TERM] if not forced else None,
-            short_messages=lambda: sum(
-                1 for m in work.messages if m.category is Category.SHORT_TERM
-            ),
+            short_tokens=work.totals[_SHORT] if not forced else None,
+            short_messages=work.short_messages,
             pending=work.flush_pending,
             budget=self.budget,
             threshold=self.flush_threshold,

@@ -20,7 +20,9 @@ class PrivacyPolicy:
             else None
         )
         self.redaction = config.redaction
-        self._blocked = frozenset(config.non_persistable_roles)
+        # A tuple: ``in`` matches members by identity first, while hashing a StrEnum member
+        # runs Python code (checked for every event).
+        self._blocked = tuple(dict.fromkeys(config.non_persistable_roles))
 
     def persists(self, role: Role) -> bool:
         """Whether messages of ``role`` may be stored at all."""
