@@ -229,7 +229,7 @@ class RedisMemoryStore:
         old_meta = cached.meta
         changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
         ids = _new_ids(result)
-        # write.lua's flat arguments: header, four counts, then the lists they count.
+        # write.lua's flat arguments: header, five counts, then the lists they count.
         args: list[Arg] = [
             owner,
             token,
@@ -239,14 +239,16 @@ class RedisMemoryStore:
             b.policy.lock_ttl_ms if hold else 0,
             b.policy.lock_ttl_ms,
             b.policy.manager.id_window,
+            repr(new.base),
             len(new.removed),
-            len(new.added),
+            len(new.inserted) // 3,
+            len(new.appended) // 2,
             len(ids),
             len(changed),
         ]
         args += new.removed
-        for triple in new.added:
-            args += triple
+        args += new.inserted
+        args += new.appended
         args += ids
         for pair in changed:
             args += pair
@@ -324,7 +326,9 @@ class RedisMemoryStore:
 @dataclass(slots=True)
 class _Diff:
     removed: list[str]
-    added: list[tuple[str, str, bytes]]
+    inserted: list[str | bytes]  # score, id, body per message placed between kept ones
+    appended: list[str | bytes]  # id, body per message at the end: scores base, base + 1, …
+    base: float
     cached: _Cached
 
 
@@ -343,8 +347,7 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         else:
             fresh.append(i)
     removed = [i for i in old_scores if i not in scores]
-    added: list[tuple[str, str, bytes]] = []
-    next_pos = old.next_pos
+    inserted: list[str | bytes] = []
     tail = len(msgs)
     while fresh and fresh[-1] == tail - 1:
         tail -= 1
@@ -356,12 +359,14 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         hi = next(s for j in range(i + 1, tail) if (s := scores.get(msgs[j].id)) is not None)
         score = (lo + hi) / 2 if lo is not None else hi - 1.0
         scores[msgs[i].id] = score
-        added.append((repr(score), msgs[i].id, encode_message(msgs[i])))
+        inserted += (repr(score), msgs[i].id, encode_message(msgs[i]))
+    appended: list[str | bytes] = []
+    base = next_pos = old.next_pos
     for m in msgs[tail:]:
         scores[m.id] = next_pos
-        added.append((repr(next_pos), m.id, encode_message(m)))
+        appended += (m.id, encode_message(m))
         next_pos += 1
-    return _Diff(removed, added, _Cached(old.version, state, scores, next_pos))
+    return _Diff(removed, inserted, appended, base, _Cached(old.version, state, scores, next_pos))
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:

@@ -8,16 +8,18 @@
 -- ARGV: owner, token (-1 = not held: take the lock and draw a token here), epoch (-1 = none),
 --       expected_version, ttl_ms, hold_ms (0 = release the lock after the write, else keep
 --       holding it for hold_ms more), lease_ms (how long a CONFLICT keeps the lock), id window,
---       then four counts (removed, added, event ids, meta fields) and the flat lists they
---       count: removed message ids; (score, id, body) per added message; event ids;
---       (field, value) per changed meta field. Flat arguments, not JSON: nothing to decode.
+--       base score, then five counts (removed, inserted, appended, event ids, meta fields)
+--       and the flat lists they count: removed message ids; (score, id, body) per message
+--       inserted between kept ones; (id, body) per message appended at the end, scored base,
+--       base + 1, …; event ids; (field, value) per changed meta field. Flat arguments, not
+--       JSON: nothing to decode.
 -- Replies: {'OK', new_version, token} | {'CONFLICT', token, version, meta, order, msgs, ids}
 --          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
 local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expected, ttl, hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, window = tonumber(ARGV[7]), tonumber(ARGV[8])
-local n_removed, n_added = tonumber(ARGV[9]), tonumber(ARGV[10])
-local n_ids, n_meta = tonumber(ARGV[11]), tonumber(ARGV[12])
+local lease, window, base = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local n_removed, n_inserted = tonumber(ARGV[10]), tonumber(ARGV[11])
+local n_appended, n_ids, n_meta = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= owner then return {'LOCKED', holder} end
 if token >= 0 and not holder then return {'LOCK_LOST', ''} end
@@ -41,26 +43,35 @@ if version ~= expected then
           redis.call('LRANGE', KEYS[6], 0, -1)}
 end
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
-local at = 13
+local at = 15
 for i = at, at + n_removed - 1, 1000 do
   local j = math.min(i + 999, at + n_removed - 1)
   redis.call('ZREM', KEYS[3], unpack(ARGV, i, j))
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, j))
 end
 at = at + n_removed
--- Scores travel as strings: Lua numbers would lose the digits of a float.
-local zargs, hargs = {}, {}
-for i = 0, n_added - 1 do
+-- Inserted scores travel as strings: Lua numbers would lose the digits of a midpoint. The
+-- appended ones are whole numbers, exact as Lua numbers.
+local zargs, hargs, n = {}, {}, 0
+for i = 0, n_inserted - 1 do
   local k = at + 3 * i
-  zargs[2 * i + 1], zargs[2 * i + 2] = ARGV[k], ARGV[k + 1]
-  hargs[2 * i + 1], hargs[2 * i + 2] = ARGV[k + 1], ARGV[k + 2]
+  zargs[2 * n + 1], zargs[2 * n + 2] = ARGV[k], ARGV[k + 1]
+  hargs[2 * n + 1], hargs[2 * n + 2] = ARGV[k + 1], ARGV[k + 2]
+  n = n + 1
+end
+at = at + 3 * n_inserted
+for i = 0, n_appended - 1 do
+  local k = at + 2 * i
+  zargs[2 * n + 1], zargs[2 * n + 2] = base + i, ARGV[k]
+  hargs[2 * n + 1], hargs[2 * n + 2] = ARGV[k], ARGV[k + 1]
+  n = n + 1
 end
 for i = 1, #zargs, 1000 do
   local j = math.min(i + 999, #zargs)
   redis.call('ZADD', KEYS[3], unpack(zargs, i, j))
   redis.call('HSET', KEYS[4], unpack(hargs, i, j))
 end
-at = at + 3 * n_added
+at = at + 2 * n_appended
 if n_ids > 0 then
   for i = at, at + n_ids - 1, 1000 do
     redis.call('RPUSH', KEYS[6], unpack(ARGV, i, math.min(i + 999, at + n_ids - 1)))
