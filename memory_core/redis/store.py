@@ -134,12 +134,15 @@ class RedisMemoryStore:
         """
         pending = list(batches)
         outcomes: dict[str, KeyOutcome] = {}
+        # States a CONFLICT returned, for the retry (the cache may be too small to keep them).
+        refreshed: dict[str, _Cached] = {}
         started = time.monotonic()
         delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
         while pending:
             retry: list[KeyBatch] = []
             locked = False
-            for b, outcome in zip(pending, await self._round(pending, owner, hold), strict=True):
+            round_outcomes = await self._round(pending, owner, hold, refreshed)
+            for b, outcome in zip(pending, round_outcomes, strict=True):
                 elapsed = time.monotonic() - started
                 if outcome.status in _RETRIED and elapsed < b.policy.acquire_timeout_s:
                     # A conflict left us the lock and the current state: retry at once.
@@ -153,7 +156,9 @@ class RedisMemoryStore:
                 delay = min(delay * 2, 0.5)
         return [outcomes[b.memory_key] for b in batches]
 
-    async def _round(self, batches: list[KeyBatch], owner: str, hold: bool) -> list[KeyOutcome]:
+    async def _round(
+        self, batches: list[KeyBatch], owner: str, hold: bool, refreshed: dict[str, _Cached]
+    ) -> list[KeyOutcome]:
         # One write per memory. A memory never seen is computed from the empty state (version
         # 0): new memories, the common case, then cost a single round trip; one that exists
         # answers CONFLICT with its state, and the next round writes it.
@@ -165,7 +170,11 @@ class RedisMemoryStore:
             for i in range(0, len(batches), size):
                 writes = []
                 for b in batches[i : i + size]:
-                    cached = self._cache.get(b.memory_key) or _Cached(0, MemoryState())
+                    cached = (
+                        refreshed.pop(b.memory_key, None)
+                        or self._cache.get(b.memory_key)
+                        or _Cached(0, MemoryState())
+                    )
                     held = self._held.get(b.memory_key)
                     # A lock still held from an earlier batch (with half its lease left) is
                     # written with its token; else the write takes the lock, draws a token.
@@ -173,9 +182,9 @@ class RedisMemoryStore:
                     writes.append(self._write(b, cached, owner, token, hold))
                 window.append((writes, await self._scripts.send([w.call for w in writes])))
                 if len(window) >= _IN_FLIGHT:
-                    outcomes += await self._settle(*window.popleft(), hold)
+                    outcomes += await self._settle(*window.popleft(), hold, refreshed)
             while window:
-                outcomes += await self._settle(*window.popleft(), hold)
+                outcomes += await self._settle(*window.popleft(), hold, refreshed)
         finally:
             # After an error: chunks sent but not read may or may not have been applied. Their
             # cached states stay at the old version, so the retried batch gets a CONFLICT with
@@ -186,7 +195,7 @@ class RedisMemoryStore:
         return outcomes
 
     async def _settle(
-        self, writes: list[_Write], inflight: InFlight, hold: bool
+        self, writes: list[_Write], inflight: InFlight, hold: bool, refreshed: dict[str, _Cached]
     ) -> list[KeyOutcome]:
         """Read one chunk's replies and record what they say in the cache and held locks."""
         replies = await inflight.replies()
@@ -205,7 +214,8 @@ class RedisMemoryStore:
                     self._held.pop(key, None)
                 outcomes.append(KeyOutcome(key, WriteStatus.APPLIED, w.result))
             elif status == "CONFLICT":
-                self._remember(key, _decode_cached(int(reply[2]), reply))
+                refreshed[key] = _decode_cached(int(reply[2]), reply)
+                self._remember(key, refreshed[key])
                 self._held[key] = (int(reply[1]), written_at + b.policy.lock_ttl_ms / 2000)
                 outcomes.append(KeyOutcome(key, WriteStatus.CONFLICT, detail="state refreshed"))
             else:

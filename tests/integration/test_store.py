@@ -103,8 +103,9 @@ async def test_a_batch_over_many_new_keys_costs_one_round_trip(redis: Redis) -> 
     assert store.round_trips == 1
 
 
+@pytest.mark.parametrize("cache_size", [50_000, 0])
 async def test_existing_keys_unknown_to_the_store_cost_two_round_trips_and_apply_on_top(
-    redis: Redis,
+    redis: Redis, cache_size: int
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     policy = _policy(max_messages=6)
@@ -115,7 +116,8 @@ async def test_existing_keys_unknown_to_the_store_cost_two_round_trips_and_apply
     )
     # A restarted consumer: empty cache. Its first write assumes new memories, is refused
     # with the stored state, and the second one applies the rest on top of it.
-    cold = RedisMemoryStore(redis, prefix=prefix, chunk_keys=256)
+    # (Also without a cache at all: the retry uses the state the CONFLICT returned.)
+    cold = RedisMemoryStore(redis, prefix=prefix, chunk_keys=256, cache_size=cache_size)
     outcomes = await cold.apply([KeyBatch(k, policy, log[3:]) for k in keys], "second")
     assert {o.status for o in outcomes} == {WriteStatus.APPLIED}
     assert cold.round_trips == 2
