@@ -346,8 +346,10 @@ class ApplyConsumer(Component):
             else contextlib.nullcontext()
         )
         with span_cm:
-            applied = 0
-            # One result per event, in the events' order.
+            applied = tokens = 0
+            oldest = _NEVER
+            # One result per event, in the events' order. Counted in locals, added to the
+            # report once per memory.
             for r, rec, logged in zip(
                 outcome.result.results, w.records, w.batch_events, strict=True
             ):
@@ -355,10 +357,10 @@ class ApplyConsumer(Component):
                     applied += 1
                     event = logged.event
                     if isinstance(event, MessageAppended):
-                        report.tokens_appended += event.message.tokens
-                        report.oldest_event_ms = min(
-                            report.oldest_event_ms, event.message.created_at_ms
-                        )
+                        message = event.message
+                        tokens += message.tokens
+                        if message.created_at_ms < oldest:
+                            oldest = message.created_at_ms
                 elif r.outcome is _DUPLICATE_OFFSET or r.outcome is _DUPLICATE_ID:
                     report.duplicates += 1
                 elif r.outcome is _REJECTED and r.reason is not None:
@@ -372,6 +374,8 @@ class ApplyConsumer(Component):
             if applied:
                 report.applied += applied
                 report.applied_by_memory[w.memory_id] += applied
+                report.tokens_appended += tokens
+                report.oldest_event_ms = min(report.oldest_event_ms, oldest)
             state = outcome.result.state
             for seq in outcome.result.flush_requests:
                 report.flushes_requested += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -36,9 +36,15 @@ APPENDED, CLEARED, FLUSH_REQUESTED, FLUSHED = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def _ms(value: Any) -> int:
     if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
+        if value.tzinfo is None:  # Avro timestamps are UTC; a naive one is read as UTC
+            value = value.replace(tzinfo=UTC)
+        return int((value - _EPOCH) // _MILLISECOND)
     return int(value)
 
 

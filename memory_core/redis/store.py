@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from memory_core.eviction import ApplyResult, Outcome
@@ -238,8 +239,7 @@ class RedisMemoryStore:
         )
         old_meta = cached.meta
         changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
-        ids = _new_ids(result)
-        # write.lua's flat arguments: header, five counts, then the lists they count.
+        # write.lua's arguments: header, what changes, three counts, the lists they count.
         args: list[Arg] = [
             owner,
             token,
@@ -249,17 +249,16 @@ class RedisMemoryStore:
             b.policy.lock_ttl_ms if hold else 0,
             b.policy.lock_ttl_ms,
             b.policy.manager.id_window,
+            orjson.dumps(new.appended_ids),
+            b"\n".join(new.appended_bodies),
             repr(new.base),
+            orjson.dumps(_new_ids(result)),
             len(new.removed),
             len(new.inserted) // 3,
-            len(new.appended) // 2,
-            len(ids),
             len(changed),
         ]
         args += new.removed
         args += new.inserted
-        args += new.appended
-        args += ids
         for pair in changed:
             args += pair
         k = self.keys(b.memory_key)
@@ -337,7 +336,9 @@ class RedisMemoryStore:
 class _Diff:
     removed: list[str]
     inserted: list[str | bytes]  # score, id, body per message placed between kept ones
-    appended: list[str | bytes]  # id, body per message at the end: scores base, base + 1, …
+    # The messages at the end: scores base, base + 1, …
+    appended_ids: list[str]
+    appended_bodies: list[bytes]
     base: float
     cached: _Cached
 
@@ -370,13 +371,16 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         score = (lo + hi) / 2 if lo is not None else hi - 1.0
         scores[msgs[i].id] = score
         inserted += (repr(score), msgs[i].id, encode_message(msgs[i]))
-    appended: list[str | bytes] = []
+    appended_ids: list[str] = []
+    appended_bodies: list[bytes] = []
     base = next_pos = old.next_pos
     for m in msgs[tail:]:
         scores[m.id] = next_pos
-        appended += (m.id, encode_message(m))
+        appended_ids.append(m.id)
+        appended_bodies.append(encode_message(m))
         next_pos += 1
-    return _Diff(removed, inserted, appended, base, _Cached(old.version, state, scores, next_pos))
+    cached = _Cached(old.version, state, scores, next_pos)
+    return _Diff(removed, inserted, appended_ids, appended_bodies, base, cached)
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:

@@ -8,18 +8,24 @@
 -- ARGV: owner, token (-1 = not held: take the lock and draw a token here), epoch (-1 = none),
 --       expected_version, ttl_ms, hold_ms (0 = release the lock after the write, else keep
 --       holding it for hold_ms more), lease_ms (how long a CONFLICT keeps the lock), id window,
---       base score, then five counts (removed, inserted, appended, event ids, meta fields)
---       and the flat lists they count: removed message ids; (score, id, body) per message
---       inserted between kept ones; (id, body) per message appended at the end, scored base,
---       base + 1, …; event ids; (field, value) per changed meta field. Flat arguments, not
---       JSON: nothing to decode.
+--       then what changes:
+--       - the messages appended at the end: a JSON array of their ids, their bodies joined by
+--         newlines (JSON bodies hold none), and the score of the first (the next ones follow
+--         by 1);
+--       - a JSON array of the new event ids;
+--       - three counts and the flat lists they count: removed message ids; (score, id, body)
+--         per message inserted between kept ones (a summary); (field, value) per changed meta
+--         field.
+--       Few arguments whatever the batch: packing each one costs the consumer more than
+--       splitting them here costs Redis.
 -- Replies: {'OK', new_version, token} | {'CONFLICT', token, version, meta, order, msgs, ids}
 --          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
 local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expected, ttl, hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, window, base = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local n_removed, n_inserted = tonumber(ARGV[10]), tonumber(ARGV[11])
-local n_appended, n_ids, n_meta = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local lease, window = tonumber(ARGV[7]), tonumber(ARGV[8])
+local appended_ids, appended_bodies, base = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local event_ids = ARGV[12]
+local n_removed, n_inserted, n_meta = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= owner then return {'LOCKED', holder} end
 if token >= 0 and not holder then return {'LOCK_LOST', ''} end
@@ -43,7 +49,7 @@ if version ~= expected then
           redis.call('LRANGE', KEYS[6], 0, -1)}
 end
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
-local at = 15
+local at = 16
 for i = at, at + n_removed - 1, 1000 do
   local j = math.min(i + 999, at + n_removed - 1)
   redis.call('ZREM', KEYS[3], unpack(ARGV, i, j))
@@ -60,10 +66,12 @@ for i = 0, n_inserted - 1 do
   n = n + 1
 end
 at = at + 3 * n_inserted
-for i = 0, n_appended - 1 do
-  local k = at + 2 * i
-  zargs[2 * n + 1], zargs[2 * n + 2] = base + i, ARGV[k]
-  hargs[2 * n + 1], hargs[2 * n + 2] = ARGV[k], ARGV[k + 1]
+local pos = 1
+for i, id in ipairs(cjson.decode(appended_ids)) do
+  local stop = string.find(appended_bodies, '\n', pos, true) or (#appended_bodies + 1)
+  zargs[2 * n + 1], zargs[2 * n + 2] = base + i - 1, id
+  hargs[2 * n + 1], hargs[2 * n + 2] = id, string.sub(appended_bodies, pos, stop - 1)
+  pos = stop + 1
   n = n + 1
 end
 for i = 1, #zargs, 1000 do
@@ -71,14 +79,13 @@ for i = 1, #zargs, 1000 do
   redis.call('ZADD', KEYS[3], unpack(zargs, i, j))
   redis.call('HSET', KEYS[4], unpack(hargs, i, j))
 end
-at = at + 2 * n_appended
-if n_ids > 0 then
-  for i = at, at + n_ids - 1, 1000 do
-    redis.call('RPUSH', KEYS[6], unpack(ARGV, i, math.min(i + 999, at + n_ids - 1)))
+local eids = cjson.decode(event_ids)
+if #eids > 0 then
+  for i = 1, #eids, 1000 do
+    redis.call('RPUSH', KEYS[6], unpack(eids, i, math.min(i + 999, #eids)))
   end
   redis.call('LTRIM', KEYS[6], -window, -1)
 end
-at = at + n_ids
 local fields = {'version', version + 1, 'fence', token}
 if epoch >= 0 then
   fields[#fields + 1] = 'epoch'
