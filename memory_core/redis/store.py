@@ -220,8 +220,11 @@ class RedisMemoryStore:
                 self._held[key] = (int(reply[1]), written_at + b.policy.lock_ttl_ms / 2000)
                 outcomes.append(KeyOutcome(key, WriteStatus.CONFLICT, detail="state refreshed"))
             else:
-                self._cache.pop(key, None)
                 self._held.pop(key, None)
+                if status == "FENCED":
+                    self._cache.pop(key, None)
+                # LOCKED, LOCK_LOST: the cached state stays; if another writer changes the
+                # memory meanwhile, the version check answers CONFLICT with the new state.
                 outcomes.append(KeyOutcome(key, WriteStatus(status.lower()), detail=_s(reply[1])))
         return outcomes
 

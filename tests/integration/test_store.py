@@ -308,3 +308,43 @@ async def test_a_failing_chunk_gives_back_every_connection_and_the_retry_applies
             _assert_counters_match(expected, snap.tokens, snap.total_messages)
     finally:
         await client.aclose()
+
+
+async def test_a_lock_lost_between_batches_is_taken_again_at_once(redis: Redis) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    log = _user_log(6)
+    await store.apply([KeyBatch("u:l", policy, log[:3])], "owner", hold=True)
+    # The lease ran out (as after a long pause) and nobody took the lock meanwhile.
+    await redis.delete(store.keys("u:l").lock)
+    (outcome,) = await store.apply([KeyBatch("u:l", policy, log[3:])], "owner", hold=True)
+    assert outcome.status is WriteStatus.APPLIED
+    # LOCK_LOST, then a write that takes the lock again: the cached state was still good.
+    assert store.round_trips == 3
+    snap = await store.read("u:l")
+    assert snap.messages == policy.manager.apply(MemoryState(), log).state.messages
+    assert snap.lock_holder == "owner"
+
+
+async def test_a_write_after_another_writer_changed_the_memory_applies_on_its_state(
+    redis: Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    policy = _policy()
+    log = _user_log(6)
+    first = RedisMemoryStore(redis, prefix=prefix)
+    await first.apply([KeyBatch("u:w", policy, log[:2])], "first")
+    # Another writer moves the memory on; ``first`` still caches version 1.
+    await RedisMemoryStore(redis, prefix=prefix).apply([KeyBatch("u:w", policy, log[:4])], "second")
+    (outcome,) = await first.apply([KeyBatch("u:w", policy, log[2:])], "first")
+    assert outcome.status is WriteStatus.APPLIED
+    assert outcome.result is not None
+    assert [r.outcome for r in outcome.result.results] == [
+        Outcome.DUPLICATE_OFFSET,
+        Outcome.DUPLICATE_OFFSET,
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+    ]
+    snap = await first.read("u:w")
+    assert snap.messages == policy.manager.apply(MemoryState(), log).state.messages
+    assert snap.version == 3
