@@ -225,7 +225,8 @@ class RedisMemoryStore:
                     self._cache.pop(key, None)
                 # LOCKED, LOCK_LOST: the cached state stays; if another writer changes the
                 # memory meanwhile, the version check answers CONFLICT with the new state.
-                outcomes.append(KeyOutcome(key, WriteStatus(status.lower()), detail=_s(reply[1])))
+                detail = f"held by {_s(reply[1])}" if status == "LOCKED" else _s(reply[1])
+                outcomes.append(KeyOutcome(key, WriteStatus(status.lower()), detail=detail))
         return outcomes
 
     def _write(self, b: KeyBatch, cached: _Cached, owner: str, token: int, hold: bool) -> _Write:
