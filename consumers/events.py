@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -107,19 +108,7 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply.
     """
     memory_key = record.get("memory_key", "")
-    try:
-        validate_memory_key(memory_key)
-    except InvalidKeyError as exc:
-        raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
-    if record_key is not None and record_key.decode("utf-8", "replace") != memory_key:
-        raise RejectedEventError(
-            DeadLetterReason.INVALID_KEY, "record key differs from the event's memory_key"
-        )
-    entry = catalog.get(record.get("memory_id", ""))
-    if entry is None:
-        raise RejectedEventError(
-            DeadLetterReason.UNKNOWN_MEMORY, f"no memory resource {record.get('memory_id')!r}"
-        )
+    entry = _resolve(memory_key, record_key, record.get("memory_id", ""), catalog)
     event_id = record["event_id"]
     kind, body = record["payload"]
     try:
@@ -134,6 +123,27 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     except (KeyError, ValueError, TypeError) as exc:
         raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"{kind}: {exc}") from None
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _resolve(
+    memory_key: str, record_key: bytes | None, memory_id: str, catalog: MemoryCatalog
+) -> CatalogEntry:
+    """The checks of a record's key and memory id, cached: a key sends many events."""
+    try:
+        validate_memory_key(memory_key)
+    except InvalidKeyError as exc:
+        raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
+    if record_key is not None and record_key.decode("utf-8", "replace") != memory_key:
+        raise RejectedEventError(
+            DeadLetterReason.INVALID_KEY, "record key differs from the event's memory_key"
+        )
+    entry = catalog.get(memory_id)
+    if entry is None:
+        raise RejectedEventError(
+            DeadLetterReason.UNKNOWN_MEMORY, f"no memory resource {memory_id!r}"
+        )
+    return entry
 
 
 _ROLES = {r.value: r for r in Role}

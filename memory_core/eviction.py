@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from memory_core.config import Budget
 from memory_core.errors import DeadLetterReason
-from memory_core.flushing import flush_due
+from memory_core.flushing import FlushRule
 from memory_core.models import (
     CATEGORIES,
     Category,
@@ -147,6 +147,7 @@ class TokenMemoryManager:
         self.id_window = id_window
         self._limits = {c: budget.of(c) for c in CATEGORIES}
         self._limit_items = tuple(self._limits.items())
+        self._flush_rule = FlushRule(budget, flush_threshold)
 
     def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
         """Apply ``events`` in order; the same state and events always give the same result."""
@@ -154,7 +155,10 @@ class TokenMemoryManager:
         results: list[EventResult] = []
         flushes: list[int] = []
         for logged in events:
-            result = self._apply_one(work, logged)
+            result = self._decide(work, logged)
+            if result.outcome is _REJECTED and result.reason is not None and not result.redelivered:
+                work.rejections.append((logged.offset, result.reason.value))
+                del work.rejections[:-REJECTION_WINDOW]
             results.append(result)
             forced = result.outcome is _APPLIED and isinstance(logged.event, FlushRequested)
             if self._should_request_flush(work, forced=forced):
@@ -173,20 +177,9 @@ class TokenMemoryManager:
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
 
     def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
-        return flush_due(
-            short_tokens=work.totals[_SHORT] if not forced else None,
-            short_messages=work.short_messages,
-            pending=work.flush_pending,
-            budget=self.budget,
-            threshold=self.flush_threshold,
+        return self._flush_rule.due(
+            work.totals[_SHORT] if not forced else None, work.short_messages, work.flush_pending
         )
-
-    def _apply_one(self, work: _Work, logged: LoggedEvent) -> EventResult:
-        result = self._decide(work, logged)
-        if result.outcome is _REJECTED and result.reason is not None and not result.redelivered:
-            work.rejections.append((logged.offset, result.reason.value))
-            del work.rejections[:-REJECTION_WINDOW]
-        return result
 
     def _decide(self, work: _Work, logged: LoggedEvent) -> EventResult:
         event = logged.event

@@ -14,6 +14,31 @@ from memory_core.toolcalls import tool_unit
 MIN_BLOCK = 2
 
 
+class FlushRule:
+    """The flush rule: none pending, short-term tokens ≥ threshold × budget, ≥ 2 messages.
+
+    Built once per budget and threshold (the manager checks it after every event).
+    """
+
+    __slots__ = ("at", "enabled")
+
+    def __init__(self, budget: Budget, threshold: float) -> None:
+        self.enabled = budget.short_term > 0
+        self.at = exact_ceil(budget.short_term, threshold)
+
+    def due(
+        self, short_tokens: int | None, short_messages: Callable[[], int], pending: bool
+    ) -> bool:
+        """Whether to request a flush; ``short_tokens`` None skips the threshold (an explicit
+        flush request)."""
+        if pending or not self.enabled:
+            return False
+        if short_tokens is not None and short_tokens < self.at:
+            return False
+        # One message alone cannot be summarized into something smaller.
+        return short_messages() >= MIN_BLOCK
+
+
 def flush_due(
     *,
     short_tokens: int | None,
@@ -22,16 +47,8 @@ def flush_due(
     budget: Budget,
     threshold: float,
 ) -> bool:
-    """The flush rule: none pending, short-term tokens ≥ threshold × budget, ≥ 2 messages.
-
-    ``short_tokens`` None skips the threshold (an explicit flush request).
-    """
-    if pending or budget.short_term <= 0:
-        return False
-    if short_tokens is not None and short_tokens < exact_ceil(budget.short_term, threshold):
-        return False
-    # One message alone cannot be summarized into something smaller.
-    return short_messages() >= MIN_BLOCK
+    """``FlushRule(budget, threshold).due(...)``, for a single check."""
+    return FlushRule(budget, threshold).due(short_tokens, short_messages, pending)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -17,6 +18,7 @@ class MemoryKeys:
     ids: str
 
     @classmethod
+    @functools.lru_cache(maxsize=65_536)  # the apply step asks for them on every write
     def of(cls, memory_key: str, prefix: str = "memstream") -> MemoryKeys:
         """Keys of ``memory_key`` under ``prefix`` (the key itself is the hash tag)."""
         base = f"{prefix}:{{{memory_key}}}"

@@ -354,19 +354,20 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
     # A message is kept only if it is the very same object: an id evicted and appended again
     # within one batch is a different message (removed, then added at the end).
     held = {id(m) for m in old.state.messages}
+    # The new messages at the end take the next scores.
+    tail = len(msgs)
+    while tail and id(msgs[tail - 1]) not in held:
+        tail -= 1
     scores: dict[str, float] = {}
     fresh: list[int] = []
-    for i, m in enumerate(msgs):
+    for i in range(tail):
+        m = msgs[i]
         if id(m) in held:
             scores[m.id] = old_scores[m.id]
         else:
             fresh.append(i)
     removed = [i for i in old_scores if i not in scores]
     inserted: list[str | bytes] = []
-    tail = len(msgs)
-    while fresh and fresh[-1] == tail - 1:
-        tail -= 1
-        fresh.pop()
     # What remains of ``fresh`` sits between kept messages (a summary): it takes the midpoint
     # of its neighbours' scores.
     for i in fresh:
