@@ -26,7 +26,7 @@ from memory_core import (
     validate_memory_key,
 )
 from memory_core.errors import InvalidKeyError
-from memory_core.values import value
+from memory_core.values import Value
 
 NS = "memstream.v1."
 APPENDED, CLEARED, FLUSH_REQUESTED, FLUSHED = (
@@ -93,8 +93,7 @@ def flushed_payload(
     return FLUSHED, {"flush_seq": flush_seq, "summary": body, "tokens_saved": tokens_saved}
 
 
-@value
-class Decoded:
+class Decoded(Value, frozen=True):
     """A decoded event ready to apply, or None when privacy rules drop it."""
 
     memory_key: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelop
 from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
 from memory_core import Draft, Message, SystemClock, validate_memory_key
+from memory_core.values import replace
 from schemas import MEMORY_EVENT, AvroCodec
 
 
@@ -118,7 +118,7 @@ class MemoryProducer(Component):
             return list(drafts)
         privacy = entry.policy.privacy
         return [
-            dataclasses.replace(d, content=privacy.redact(d.content))
+            replace(d, content=privacy.redact(d.content))
             for d in drafts
             if privacy.persists(d.role)
         ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ from consumers.events import to_domain
 from consumers.settings import Settings
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
 from memory_core.redis import KeyBatch, RedisMemoryStore
+from memory_core.values import replace
 from schemas import MEMORY_EVENT, AvroCodec, DecodeError
 
 
@@ -132,12 +132,12 @@ async def verify(
             mismatches.append(Mismatch(key, f"counters {snap.tokens} != messages"))
         else:
             # Everything else of the state: offsets, flush sequence and pending flag, savings.
-            want = dataclasses.replace(expected, recent_event_ids=())
+            want = replace(expected, recent_event_ids=())
             got = snap.state()
             diffs = [
-                f"{f.name} {getattr(got, f.name)!r} != {getattr(want, f.name)!r}"
-                for f in dataclasses.fields(want)
-                if f.name != "messages" and getattr(got, f.name) != getattr(want, f.name)
+                f"{name} {getattr(got, name)!r} != {getattr(want, name)!r}"
+                for name in want.__struct_fields__
+                if name != "messages" and getattr(got, name) != getattr(want, name)
             ]
             if diffs:
                 mismatches.append(Mismatch(key, "; ".join(diffs)))

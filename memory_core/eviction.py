@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from enum import StrEnum
 
 from memory_core.config import Budget
@@ -22,7 +21,7 @@ from memory_core.models import (
     Role,
 )
 from memory_core.toolcalls import has_caller, tool_unit
-from memory_core.values import value
+from memory_core.values import Value, replace
 
 DEFAULT_ID_WINDOW = 256
 REJECTION_WINDOW = 64
@@ -38,8 +37,7 @@ class Outcome(StrEnum):
     STALE_FLUSH = "stale_flush"
 
 
-@value
-class EventResult:
+class EventResult(Value, frozen=True):
     """The outcome of one event; ``reason`` is set when it was rejected."""
 
     offset: int
@@ -53,8 +51,7 @@ class EventResult:
     redelivered: bool = False
 
 
-@value
-class ApplyResult:
+class ApplyResult(Value, frozen=True):
     """The state after a batch, per-event outcomes, and the flush sequences requested.
 
     ``flush_requests`` may repeat a pending sequence when its requesting event is redelivered.

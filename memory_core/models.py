@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import field
 from enum import StrEnum
 from types import MappingProxyType
 
-from memory_core.values import value
+import msgspec
+
+from memory_core.values import Value
 
 
 class Role(StrEnum):
@@ -37,6 +38,7 @@ class Category(StrEnum):
 CATEGORIES: tuple[Category, ...] = (Category.SYSTEM, Category.SHORT_TERM, Category.LONG_TERM)
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_force_setattr = msgspec.structs.force_setattr
 
 # Enum members bound to module names: on CPython 3.11 ``Category.SYSTEM`` costs 15× a global
 # read, which shows on paths run for every event (used likewise in the apply path's modules).
@@ -44,8 +46,7 @@ _SUMMARY, _SYSTEM_ROLE = Kind.SUMMARY, Role.SYSTEM
 _LONG, _SYS, _SHORT = Category.LONG_TERM, Category.SYSTEM, Category.SHORT_TERM
 
 
-@value
-class ToolCall:
+class ToolCall(Value, frozen=True):
     """One tool call requested by an assistant message."""
 
     id: str
@@ -53,8 +54,7 @@ class ToolCall:
     arguments: str = ""
 
 
-@value
-class Message:
+class Message(Value, frozen=True):
     """A stored message; ``tokens`` is its chat-format cost, counted once at apply time."""
 
     id: str
@@ -64,22 +64,22 @@ class Message:
     created_at_ms: int
     kind: Kind = Kind.MESSAGE
     name: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    metadata: Mapping[str, str] = _EMPTY
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     # For a summary: the ids of the messages it replaced, oldest first.
     covers: tuple[str, ...] = ()
     # Summaries count as long-term, system messages as system, the rest as short-term.
-    # Derived once here: eviction reads it for every message of every batch.
-    category: Category = field(init=False, compare=False, repr=False)
+    # Derived once here (a value passed in is replaced): eviction reads it for every message
+    # of every batch.
+    category: Category = Category.SHORT_TERM
 
     def __post_init__(self) -> None:
         category = _LONG if self.kind is _SUMMARY else _SYS if self.role is _SYSTEM_ROLE else _SHORT
-        object.__setattr__(self, "category", category)
+        _force_setattr(self, "category", category)
 
 
-@value
-class Draft:
+class Draft(Value, frozen=True):
     """A message as an agent writes it: not yet redacted or token-counted."""
 
     id: str
@@ -87,7 +87,7 @@ class Draft:
     content: str
     created_at_ms: int
     name: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    metadata: Mapping[str, str] = _EMPTY
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 
@@ -106,30 +106,26 @@ class Draft:
         )
 
 
-@value
-class MessageAppended:
+class MessageAppended(Value, frozen=True):
     """Append one message (already redacted and token-counted)."""
 
     event_id: str
     message: Message
 
 
-@value
-class MemoryCleared:
+class MemoryCleared(Value, frozen=True):
     """Remove every message of the memory."""
 
     event_id: str
 
 
-@value
-class FlushRequested:
+class FlushRequested(Value, frozen=True):
     """Ask for a flush now, whatever the threshold (still one at a time)."""
 
     event_id: str
 
 
-@value
-class MemoryFlushed:
+class MemoryFlushed(Value, frozen=True):
     """A flush result: replace the covered messages by ``summary``; ``summary`` None aborts."""
 
     event_id: str
@@ -141,16 +137,14 @@ class MemoryFlushed:
 MemoryEvent = MessageAppended | MemoryCleared | FlushRequested | MemoryFlushed
 
 
-@value
-class LoggedEvent:
+class LoggedEvent(Value, frozen=True):
     """An event at its position (partition offset) in the log."""
 
     offset: int
     event: MemoryEvent
 
 
-@value
-class MemoryState:
+class MemoryState(Value, frozen=True):
     """Everything the apply step needs to know about one memory."""
 
     messages: tuple[Message, ...] = ()
@@ -183,8 +177,7 @@ class MemoryState:
         return totals
 
 
-@value
-class Snapshot:
+class Snapshot(Value, frozen=True):
     """A consistent read of one memory (``messages`` may be one page of them)."""
 
     memory_key: str

@@ -8,8 +8,10 @@ linear scans, exact arithmetic for ``threshold × budget``. Property tests compa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
+
+import msgspec
 
 from memory_core.config import Budget
 from memory_core.models import (
@@ -217,7 +219,7 @@ class ReferenceMemory:
             and m.tool_call_id in removed_calls
             and all(m is not p for p in present)
         ]
-        stored = replace(s, covers=tuple(m.id for m in present))
+        stored = msgspec.structs.replace(s, covers=tuple(m.id for m in present))
         at = position(self.messages, present[0])
         kept = without(self.messages, present + orphans)
         # Everything before the first covered message stays, so it keeps its position.

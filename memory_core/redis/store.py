@@ -20,7 +20,7 @@ from memory_core.redis.codec import decode_message, encode_message, pairs, state
 from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys
 from memory_core.redis.scripts import Arg, Call, InFlight, Script, ScriptRunner
-from memory_core.values import value
+from memory_core.values import Value
 
 WRITE = Script.load("write")
 RELEASE = Script.load("release")
@@ -37,8 +37,7 @@ class WriteStatus(StrEnum):
     CONFLICT = "conflict"  # the state was not at the version computed from (retried at once)
 
 
-@value
-class KeyBatch:
+class KeyBatch(Value, frozen=True):
     """The events of one memory in one fetched batch, in log order.
 
     ``epoch`` is the writer's partition epoch (-1: not a partition consumer): a write with an
@@ -51,8 +50,7 @@ class KeyBatch:
     epoch: int = -1
 
 
-@value
-class KeyOutcome:
+class KeyOutcome(Value, frozen=True):
     """The apply step's outcome for one memory; ``result`` is set when applied."""
 
     memory_key: str

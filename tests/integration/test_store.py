@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import random
 import uuid
@@ -28,6 +27,7 @@ from memory_core import (
     parse_config,
 )
 from memory_core.redis import KeyBatch, RedisLockManager, RedisMemoryStore, WriteStatus
+from memory_core.values import replace
 from tests.strategies import (
     appended,
     batches,
@@ -89,7 +89,7 @@ async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
     expected = policy.manager.apply(MemoryState(), log)
     snap = await store.read(key)
     assert snap.messages == expected.state.messages
-    assert snap.state() == dataclasses.replace(expected.state, recent_event_ids=())
+    assert snap.state() == replace(expected.state, recent_event_ids=())
     _assert_counters_match(expected.state, snap.tokens, snap.total_messages)
     assert requested == list(expected.flush_requests)
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+import msgspec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -325,7 +326,9 @@ def test_manager_agrees_with_the_reference_model(
 
 
 def _recount(counter: TokenCounter, m: Message) -> Message:
-    return replace(m, tokens=counter.message_tokens(m.role.value, m.content, m.name, m.tool_calls))
+    return msgspec.structs.replace(
+        m, tokens=counter.message_tokens(m.role.value, m.content, m.name, m.tool_calls)
+    )
 
 
 @WHOLE_LOG
