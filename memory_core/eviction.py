@@ -60,6 +60,8 @@ class ApplyResult(Value, frozen=True):
     state: MemoryState
     results: tuple[EventResult, ...]
     flush_requests: tuple[int, ...]
+    # ``state.tokens_by_category()``, as the manager counted it along.
+    tokens: dict[Category, int]
 
     @property
     def evicted(self) -> tuple[Message, ...]:
@@ -171,7 +173,7 @@ class TokenMemoryManager:
                 # Redelivery of the event that requested the pending flush: request it again
                 # (same sequence; the dispatcher collapses duplicates by workflow id).
                 flushes.append(work.flush_seq)
-        return ApplyResult(work.freeze(), tuple(results), tuple(flushes))
+        return ApplyResult(work.freeze(), tuple(results), tuple(flushes), dict(work.totals))
 
     def _should_request_flush(self, work: _Work, *, forced: bool = False) -> bool:
         return self._flush_rule.due(

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from memory_core.models import CATEGORIES, Kind, MemoryState, Message, Role, ToolCall
+from memory_core.models import CATEGORIES, Category, Kind, MemoryState, Message, Role, ToolCall
 
 _MESSAGE = Kind.MESSAGE
 
@@ -61,9 +61,14 @@ def _opt_int(value: str | None) -> int | None:
 _TOKEN_FIELDS = tuple((c, f"tokens_{c.value}") for c in CATEGORIES)
 
 
-def state_meta(state: MemoryState, extra: Mapping[str, str]) -> dict[str, str]:
-    """The ``meta`` hash fields of ``state`` as stored (counters derived from its messages)."""
-    totals = state.tokens_by_category()
+def state_meta(
+    state: MemoryState,
+    extra: Mapping[str, str],
+    tokens: Mapping[Category, int] | None = None,
+) -> dict[str, str]:
+    """The ``meta`` hash fields of ``state`` as stored (counters derived from its messages,
+    unless ``tokens``, their sums per category, are given)."""
+    totals = state.tokens_by_category() if tokens is None else tokens
     fields = {
         "last_offset": str(state.last_offset),
         "flush_seq": str(state.flush_seq),

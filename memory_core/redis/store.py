@@ -238,6 +238,7 @@ class RedisMemoryStore:
                 "config": b.policy.fingerprint,
                 "memory_id": b.policy.config.id,
             },
+            result.tokens,
         )
         old_meta = cached.meta
         changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]

@@ -320,6 +320,8 @@ def test_manager_agrees_with_the_reference_model(
     ]
     assert result.state == reference.state()
     assert list(result.flush_requests) == reference.flush_requests
+    # The counters the manager kept along are the sums over the messages it ended with.
+    assert result.tokens == result.state.tokens_by_category()
 
 
 # --- flushing -----------------------------------------------------------------------------------
