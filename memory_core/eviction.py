@@ -97,6 +97,10 @@ class _Work:
         self.last_tokens_saved = state.last_tokens_saved
         self.tokens_saved_total = state.tokens_saved_total
         self.rejections = list(state.recent_rejections)
+        # Every budget and the message cap held after the last eviction check: then an
+        # append needs to check only its own category and the cap. False until checked once
+        # (a stored state can exceed a budget that was lowered since).
+        self.within = False
 
     def short_messages(self) -> int:
         return sum(1 for m in self.messages if m.category is _SHORT)
@@ -247,9 +251,16 @@ class TokenMemoryManager:
             )
         work.messages.append(msg)
         work.ids.add(msg.id)
-        work.totals[msg.category] += msg.tokens
-        evicted = self._evict(work)
-        return EventResult(offset, event.event_id, _APPLIED, None, "", tuple(evicted))
+        totals = work.totals
+        totals[msg.category] += msg.tokens
+        cap = self.budget.max_messages
+        if (
+            work.within
+            and totals[msg.category] <= limit
+            and (cap is None or len(work.messages) <= cap)
+        ):
+            return EventResult(offset, event.event_id, _APPLIED)  # within budget: the common case
+        return EventResult(offset, event.event_id, _APPLIED, evicted=tuple(self._evict(work)))
 
     def _flushed(self, work: _Work, offset: int, event: MemoryFlushed) -> EventResult:
         if event.flush_seq == work.flush_seq:
@@ -310,15 +321,17 @@ class TokenMemoryManager:
         )
 
     def _evict(self, work: _Work) -> list[Message]:
+        """Evict oldest first until every budget and the cap hold again (``work.within``)."""
         evicted: list[Message] = []
         totals = work.totals
         cap = self.budget.max_messages
+        work.within = True
         for category, limit in self._limit_items:
             if totals[category] > limit:
                 break
         else:
             if cap is None or len(work.messages) <= cap:
-                return evicted  # within budget: the common case
+                return evicted
         for category, limit in self._limit_items:
             while totals[category] > limit:
                 oldest = next(i for i, m in enumerate(work.messages) if m.category is category)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from memory_core import (
     ApplyResult,
     Budget,
+    Category,
     DeadLetterReason,
     FlushRequested,
     LoggedEvent,
@@ -227,6 +228,18 @@ def test_tool_unit_larger_than_the_budget_evicts_the_message_just_appended() -> 
     assert result.results[1].outcome is Outcome.APPLIED
     assert _ids(result.results[1].evicted) == ["a", "t"]
     assert result.state.messages == ()
+
+
+def test_a_stored_state_over_a_lowered_budget_is_brought_back_by_the_next_append() -> None:
+    # Stored under a larger budget: 50 short-term tokens, 10 over today's 40. The append is
+    # a system message, within its own budget: the short-term overflow is evicted all the same.
+    stored = MemoryState(messages=tuple(_users(5, tokens=10)))
+    result = _apply(
+        budget(short_term=40), log(appended(message("s", Role.SYSTEM, 5))), state=stored
+    )
+    assert _ids(result.results[0].evicted) == ["u0"]
+    assert _ids(result.state.messages) == ["u1", "u2", "u3", "u4", "s"]
+    assert result.state.tokens_by_category()[Category.SHORT_TERM] == 40
 
 
 def test_max_messages_evicts_the_oldest_non_system_message() -> None:
