@@ -161,7 +161,7 @@ def _appended(
     if not message_id:
         raise ValueError("message id is empty")
     privacy = entry.policy.privacy
-    if not privacy.persists(role):
+    if role in privacy.blocked:  # privacy.persists(role), inline: checked for every event
         return None
     tool_call_id = body.get("tool_call_id")
     if role is _TOOL and not tool_call_id:
@@ -171,7 +171,9 @@ def _appended(
     calls = (
         tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in raw_calls) if raw_calls else ()
     )
-    content = privacy.redact(body["content"])
+    content = body["content"]
+    if privacy.redacts:
+        content = privacy.redact(content)
     message = Message(
         message_id,
         role,

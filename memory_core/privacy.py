@@ -11,7 +11,7 @@ from memory_core.models import Role
 class PrivacyPolicy:
     """A memory's redaction patterns and the roles that are never persisted."""
 
-    __slots__ = ("_blocked", "_pattern", "redaction")
+    __slots__ = ("_pattern", "blocked", "redaction", "redacts")
 
     def __init__(self, config: PrivacyConfig) -> None:
         self._pattern = (
@@ -20,13 +20,14 @@ class PrivacyPolicy:
             else None
         )
         self.redaction = config.redaction
-        # A tuple: ``in`` matches members by identity first, while hashing a StrEnum member
-        # runs Python code (checked for every event).
-        self._blocked = tuple(dict.fromkeys(config.non_persistable_roles))
+        self.redacts = self._pattern is not None
+        # The roles never stored. A tuple: ``in`` matches members by identity first, while
+        # hashing a StrEnum member runs Python code (checked for every event).
+        self.blocked = tuple(dict.fromkeys(config.non_persistable_roles))
 
     def persists(self, role: Role) -> bool:
         """Whether messages of ``role`` may be stored at all."""
-        return role not in self._blocked
+        return role not in self.blocked
 
     def redact(self, text: str) -> str:
         """``text`` with every match of the patterns replaced by the redaction marker."""
