@@ -38,6 +38,9 @@ class MemoryCatalog:
             )
             for c in configs
         }
+        # (memory key, record key, memory id) of records already checked, with their entry:
+        # filled and bounded by ``consumers.events.to_domain``.
+        self.checked: dict[tuple[str, bytes | None, str], CatalogEntry] = {}
 
     @classmethod
     def from_file(cls, path: Path, encodings: EncodingRegistry) -> MemoryCatalog:

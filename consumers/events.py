@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -107,7 +106,15 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply.
     """
     memory_key = record.get("memory_key", "")
-    entry = _resolve(memory_key, record_key, record.get("memory_id", ""), catalog)
+    memory_id = record.get("memory_id", "")
+    # A key sends many events: its checks are done once (the memo lives with the catalog).
+    memo = catalog.checked
+    entry = memo.get((memory_key, record_key, memory_id))
+    if entry is None:
+        entry = _check(memory_key, record_key, memory_id, catalog)
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[(memory_key, record_key, memory_id)] = entry
     event_id = record["event_id"]
     kind, body = record["payload"]
     try:
@@ -124,11 +131,13 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
 
 
-@functools.lru_cache(maxsize=65_536)
-def _resolve(
+_MEMO_SIZE = 65_536
+
+
+def _check(
     memory_key: str, record_key: bytes | None, memory_id: str, catalog: MemoryCatalog
 ) -> CatalogEntry:
-    """The checks of a record's key and memory id, cached: a key sends many events."""
+    """The entry of a record's memory id, after the checks of its keys."""
     try:
         validate_memory_key(memory_key)
     except InvalidKeyError as exc:
