@@ -13,7 +13,8 @@ from __future__ import annotations
 import msgspec
 
 replace = msgspec.structs.replace
-"""A copy of a value with some fields changed (``dataclasses.replace`` for values)."""
+"""A copy of a value with some fields changed; ``__post_init__`` runs again (msgspec ≥ 0.21), so
+derived fields such as ``Message.category`` follow."""
 
 
 class Value(msgspec.Struct, frozen=True, gc=False):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from memory_core import (
     ApplyResult,
     Budget,
     Category,
     DeadLetterReason,
     FlushRequested,
+    Kind,
     LoggedEvent,
     MemoryEvent,
     MemoryState,
@@ -18,6 +21,7 @@ from memory_core import (
     Role,
     TokenMemoryManager,
 )
+from memory_core.values import replace
 from tests.strategies import appended, budget, cleared, flushed, log, message, summary
 
 
@@ -687,3 +691,13 @@ def test_applying_a_log_twice_from_the_same_state_gives_the_same_result() -> Non
     a = _apply(budget(short_term=50), events, threshold=0.5)
     b = _apply(budget(short_term=50), events, threshold=0.5)
     assert a == b
+
+
+def test_a_copied_message_derives_its_category_again() -> None:
+    m = message("m", Role.USER, 5)
+    assert m.category is Category.SHORT_TERM
+    assert replace(m, role=Role.SYSTEM).category is Category.SYSTEM
+    assert replace(m, kind=Kind.SUMMARY).category is Category.LONG_TERM
+    # Values are frozen at run time too.
+    with pytest.raises(AttributeError):
+        m.tokens = 6  # type: ignore[misc]
