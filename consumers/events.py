@@ -22,9 +22,7 @@ from memory_core import (
     RejectedEventError,
     Role,
     ToolCall,
-    validate_memory_key,
 )
-from memory_core.errors import InvalidKeyError
 from memory_core.values import Value
 
 NS = "memstream.v1."
@@ -106,15 +104,7 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply.
     """
     memory_key = record.get("memory_key", "")
-    memory_id = record.get("memory_id", "")
-    # A key sends many events: its checks are done once (the memo lives with the catalog).
-    memo = catalog.checked
-    entry = memo.get((memory_key, record_key, memory_id))
-    if entry is None:
-        entry = _check(memory_key, record_key, memory_id, catalog)
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        memo[(memory_key, record_key, memory_id)] = entry
+    entry = catalog.entry_for(memory_key, record_key, record.get("memory_id", ""))
     event_id = record["event_id"]
     kind, body = record["payload"]
     try:
@@ -129,29 +119,6 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     except (KeyError, ValueError, TypeError) as exc:
         raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"{kind}: {exc}") from None
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
-
-
-_MEMO_SIZE = 65_536
-
-
-def _check(
-    memory_key: str, record_key: bytes | None, memory_id: str, catalog: MemoryCatalog
-) -> CatalogEntry:
-    """The entry of a record's memory id, after the checks of its keys."""
-    try:
-        validate_memory_key(memory_key)
-    except InvalidKeyError as exc:
-        raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
-    if record_key is not None and record_key.decode("utf-8", "replace") != memory_key:
-        raise RejectedEventError(
-            DeadLetterReason.INVALID_KEY, "record key differs from the event's memory_key"
-        )
-    entry = catalog.get(memory_id)
-    if entry is None:
-        raise RejectedEventError(
-            DeadLetterReason.UNKNOWN_MEMORY, f"no memory resource {memory_id!r}"
-        )
-    return entry
 
 
 _ROLES = {r.value: r for r in Role}

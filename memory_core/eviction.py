@@ -149,7 +149,6 @@ class TokenMemoryManager:
         self.flush_threshold = flush_threshold
         self.id_window = id_window
         self._limits = {c: budget.of(c) for c in CATEGORIES}
-        self._limit_items = tuple(self._limits.items())
         self._flush_rule = FlushRule(budget, flush_threshold)
 
     def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
@@ -326,13 +325,13 @@ class TokenMemoryManager:
         totals = work.totals
         cap = self.budget.max_messages
         work.within = True
-        for category, limit in self._limit_items:
+        for category, limit in self._limits.items():
             if totals[category] > limit:
                 break
         else:
             if cap is None or len(work.messages) <= cap:
                 return evicted
-        for category, limit in self._limit_items:
+        for category, limit in self._limits.items():
             while totals[category] > limit:
                 oldest = next(i for i, m in enumerate(work.messages) if m.category is category)
                 evicted.extend(work.remove(tool_unit(work.messages, oldest)))

@@ -1,7 +1,7 @@
--- Take a memory's lock (re-entrant for the same owner), draw a fencing token, and optionally
--- read the state when the caller's cached version is stale. One round trip.
--- KEYS: lock, fence, meta, order, msgs, ids
--- ARGV: owner, lock_ttl_ms, known_version ('' = do not read)
+-- Take a memory's lock (re-entrant for the same owner) and draw a fencing token. One round trip.
+-- (The apply step does not call this: write.lua takes the lock itself.)
+-- KEYS: lock, fence
+-- ARGV: owner, lock_ttl_ms
 local owner, ttl = ARGV[1], tonumber(ARGV[2])
 if not redis.call('SET', KEYS[1], owner, 'NX', 'PX', ttl) then
   local holder = redis.call('GET', KEYS[1])
@@ -10,11 +10,4 @@ if not redis.call('SET', KEYS[1], owner, 'NX', 'PX', ttl) then
   end
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
-local token = redis.call('INCR', KEYS[2])
-local version = tonumber(redis.call('HGET', KEYS[3], 'version')) or 0
-if ARGV[3] == '' or tonumber(ARGV[3]) == version then
-  return {'OK', token, version}
-end
-return {'OK', token, version, redis.call('HGETALL', KEYS[3]),
-        redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[5]),
-        redis.call('LRANGE', KEYS[6], 0, -1)}
+return {'OK', redis.call('INCR', KEYS[2])}

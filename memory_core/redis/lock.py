@@ -62,9 +62,7 @@ class RedisLockManager:
         deadline = self.clock.monotonic() + timeout.total_seconds()
         delay = backoff.total_seconds()
         while True:
-            reply = await self._scripts.run(
-                ACQUIRE, (k.lock, k.fence, k.meta, k.order, k.msgs, k.ids), (owner, ttl_ms, "")
-            )
+            reply = await self._scripts.run(ACQUIRE, (k.lock, k.fence), (owner, ttl_ms))
             if _s(reply[0]) == "OK":
                 return RedisLease(memory_key, owner, int(reply[1]), ttl_ms)
             remaining = deadline - self.clock.monotonic()
