@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
 from typing import Any
 
 from consumers.catalog import CatalogEntry, MemoryCatalog
@@ -23,6 +21,7 @@ from memory_core import (
     Role,
     ToolCall,
 )
+from memory_core.models import NO_METADATA
 from memory_core.values import Value
 
 NS = "memstream.v1."
@@ -123,7 +122,6 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
 
 _ROLES = {r.value: r for r in Role}
 _TOOL, _MESSAGE = Role.TOOL, Kind.MESSAGE  # module names: cheaper per event on CPython 3.11
-_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 def _appended(
@@ -158,7 +156,7 @@ def _appended(
         _ms(record["occurred_at"]),
         _MESSAGE,
         name,
-        body.get("metadata") or _NO_METADATA,
+        body.get("metadata") or NO_METADATA,
         tool_call_id,
         calls,
     )

@@ -37,7 +37,8 @@ class Category(StrEnum):
 
 CATEGORIES: tuple[Category, ...] = (Category.SYSTEM, Category.SHORT_TERM, Category.LONG_TERM)
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
+"""The metadata of a message without any (its default: left out of the stored JSON)."""
 _force_setattr = msgspec.structs.force_setattr
 
 # Enum members bound to module names: on CPython 3.11 ``Category.SYSTEM`` costs 15× a global
@@ -46,16 +47,25 @@ _SUMMARY, _SYSTEM_ROLE = Kind.SUMMARY, Role.SYSTEM
 _LONG, _SYS, _SHORT = Category.LONG_TERM, Category.SYSTEM, Category.SHORT_TERM
 
 
-class ToolCall(Value, frozen=True):
-    """One tool call requested by an assistant message."""
+class ToolCall(Value, frozen=True, array_like=True):
+    """One tool call requested by an assistant message (stored as ``[id, name, arguments]``)."""
 
     id: str
     name: str
     arguments: str = ""
 
 
-class Message(Value, frozen=True):
-    """A stored message; ``tokens`` is its chat-format cost, counted once at apply time."""
+class Message(
+    Value,
+    frozen=True,
+    omit_defaults=True,
+    rename={"created_at_ms": "ts", "metadata": "meta"},
+):
+    """A stored message; ``tokens`` is its chat-format cost, counted once at apply time.
+
+    Stored in Redis as msgspec's JSON of it (``memory_core.redis.codec``): fields at their
+    default are left out, and two take shorter names.
+    """
 
     id: str
     role: Role
@@ -64,7 +74,7 @@ class Message(Value, frozen=True):
     created_at_ms: int
     kind: Kind = Kind.MESSAGE
     name: str | None = None
-    metadata: Mapping[str, str] = _EMPTY
+    metadata: Mapping[str, str] = NO_METADATA
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     # For a summary: the ids of the messages it replaced, oldest first.
@@ -87,7 +97,7 @@ class Draft(Value, frozen=True):
     content: str
     created_at_ms: int
     name: str | None = None
-    metadata: Mapping[str, str] = _EMPTY
+    metadata: Mapping[str, str] = NO_METADATA
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 

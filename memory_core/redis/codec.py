@@ -2,56 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
-from memory_core.models import CATEGORIES, Category, Kind, MemoryState, Message, Role, ToolCall
+from memory_core.models import CATEGORIES, Category, MemoryState, Message
 
-_MESSAGE = Kind.MESSAGE
+
+def _plain(obj: Any) -> Any:
+    # Metadata may be any mapping (a read-only view, say); msgspec encodes dicts.
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot store {type(obj).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_plain)
+_DECODER = msgspec.json.Decoder(Message)
 
 
 def encode_message(m: Message) -> bytes:
-    """One message as compact JSON (UTF-8)."""
-    body: dict[str, Any] = {
-        "id": m.id,
-        "role": m.role,  # orjson writes a StrEnum as its value
-        "content": m.content,
-        "tokens": m.tokens,
-        "ts": m.created_at_ms,
-    }
-    if m.kind is not _MESSAGE:
-        body["kind"] = m.kind.value
-    if m.name is not None:
-        body["name"] = m.name
-    if m.metadata:
-        body["meta"] = dict(m.metadata)
-    if m.tool_call_id is not None:
-        body["tool_call_id"] = m.tool_call_id
-    if m.tool_calls:
-        body["tool_calls"] = [[c.id, c.name, c.arguments] for c in m.tool_calls]
-    if m.covers:
-        body["covers"] = list(m.covers)
-    return orjson.dumps(body)
+    """One message as compact JSON (UTF-8): msgspec's encoding of ``Message``.
+
+    Fields at their default are left out (a summary's derived ``category`` is written, and
+    ignored when read back).
+    """
+    return _ENCODER.encode(m)
+
+
+def encode_messages(messages: Sequence[Message]) -> bytes:
+    """Messages as newline-delimited JSON: each ``encode_message``, then a newline."""
+    return _ENCODER.encode_lines(messages)
 
 
 def decode_message(raw: str | bytes) -> Message:
     """The inverse of ``encode_message``."""
-    body = orjson.loads(raw)
-    return Message(
-        id=body["id"],
-        role=Role(body["role"]),
-        content=body["content"],
-        tokens=int(body["tokens"]),
-        created_at_ms=int(body["ts"]),
-        kind=Kind(body.get("kind", Kind.MESSAGE.value)),
-        name=body.get("name"),
-        metadata=body.get("meta", {}),
-        tool_call_id=body.get("tool_call_id"),
-        tool_calls=tuple(ToolCall(*c) for c in body.get("tool_calls", ())),
-        covers=tuple(body.get("covers", ())),
-    )
+    return _DECODER.decode(raw)
 
 
 def _opt_int(value: str | None) -> int | None:

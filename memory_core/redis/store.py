@@ -16,12 +16,20 @@ from redis.asyncio import Redis
 from memory_core.eviction import ApplyResult, Outcome
 from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
-from memory_core.redis.codec import decode_message, encode_message, pairs, state_from, state_meta
+from memory_core.redis.codec import (
+    decode_message,
+    encode_message,
+    encode_messages,
+    pairs,
+    state_from,
+    state_meta,
+)
 from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys
 from memory_core.redis.scripts import Arg, Call, InFlight, Script, ScriptRunner
 from memory_core.values import Value
 
+_dumps = orjson.dumps
 WRITE = Script.load("write")
 RELEASE = Script.load("release")
 READ = Script.load("read")
@@ -241,29 +249,31 @@ class RedisMemoryStore:
             result.tokens,
         )
         old_meta = cached.meta
-        changed = [(f, v) for f, v in meta.items() if old_meta.get(f) != v]
-        # write.lua's arguments: header, what changes, three counts, the lists they count.
-        args: list[Arg] = [
+        changed = {f: v for f, v in meta.items() if old_meta.get(f) != v}
+        policy = b.policy
+        # write.lua's arguments: a few JSON values (each argument packed costs more than Lua
+        # decoding it), then the rare inserted messages.
+        header = (
             owner,
             token,
             b.epoch,
             cached.version,
-            b.policy.ttl_ms,
-            b.policy.lock_ttl_ms if hold else 0,
-            b.policy.lock_ttl_ms,
-            b.policy.manager.id_window,
-            orjson.dumps(new.appended_ids),
-            b"\n".join(new.appended_bodies),
-            repr(new.base),
-            orjson.dumps(_new_ids(result)),
-            len(new.removed),
+            policy.ttl_ms,
+            policy.lock_ttl_ms if hold else 0,
+            policy.lock_ttl_ms,
+            policy.manager.id_window,
+            new.base,
             len(new.inserted) // 3,
-            len(changed),
+        )
+        args: list[Arg] = [
+            _dumps(header),
+            _dumps(new.appended_ids),
+            new.appended_bodies,
+            _dumps(_new_ids(result)),
+            _dumps(new.removed),
+            _dumps(changed),
         ]
-        args += new.removed
         args += new.inserted
-        for pair in changed:
-            args += pair
         k = self.keys(b.memory_key)
         call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
         return _Write(b, new.cached, result, call)
@@ -341,7 +351,7 @@ class _Diff:
     inserted: list[str | bytes]  # score, id, body per message placed between kept ones
     # The messages at the end: scores base, base + 1, …
     appended_ids: list[str]
-    appended_bodies: list[bytes]
+    appended_bodies: bytes  # newline-delimited JSON
     base: float
     cached: _Cached
 
@@ -375,16 +385,15 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         score = (lo + hi) / 2 if lo is not None else hi - 1.0
         scores[msgs[i].id] = score
         inserted += (repr(score), msgs[i].id, encode_message(msgs[i]))
+    appended = msgs[tail:]
     appended_ids: list[str] = []
-    appended_bodies: list[bytes] = []
     base = next_pos = old.next_pos
-    for m in msgs[tail:]:
+    for m in appended:
         scores[m.id] = next_pos
         appended_ids.append(m.id)
-        appended_bodies.append(encode_message(m))
         next_pos += 1
     cached = _Cached(old.version, state, scores, next_pos)
-    return _Diff(removed, inserted, appended_ids, appended_bodies, base, cached)
+    return _Diff(removed, inserted, appended_ids, encode_messages(appended), base, cached)
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:

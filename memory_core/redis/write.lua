@@ -5,27 +5,23 @@
 -- last refusal (CONFLICT) the caller keeps the lock and gets the current state back, so its
 -- next attempt is one more round trip, with no wait.
 -- KEYS: lock, meta, order, msgs, fence, ids
--- ARGV: owner, token (-1 = not held: take the lock and draw a token here), epoch (-1 = none),
---       expected_version, ttl_ms, hold_ms (0 = release the lock after the write, else keep
---       holding it for hold_ms more), lease_ms (how long a CONFLICT keeps the lock), id window,
---       then what changes:
---       - the messages appended at the end: a JSON array of their ids, their bodies joined by
---         newlines (JSON bodies hold none), and the score of the first (the next ones follow
---         by 1);
---       - a JSON array of the new event ids;
---       - three counts and the flat lists they count: removed message ids; (score, id, body)
---         per message inserted between kept ones (a summary); (field, value) per changed meta
---         field.
+-- ARGV: 1. a JSON array [owner, token (-1 = not held: take the lock and draw a token here),
+--          epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the lock after
+--          the write, else keep holding it for hold_ms more), lease_ms (how long a CONFLICT
+--          keeps the lock), id window, the score of the first appended message (the next
+--          ones follow by 1), the number of inserted messages];
+--       2. a JSON array of the appended messages' ids; 3. their bodies as newline-delimited
+--          JSON (each followed by a newline; JSON bodies hold none);
+--       4. a JSON array of the new event ids; 5. a JSON array of the removed message ids;
+--       6. a JSON object of the changed meta fields;
+--       7… (score, id, body) per message inserted between kept ones (a summary; rare).
 --       Few arguments whatever the batch: packing each one costs the consumer more than
---       splitting them here costs Redis.
+--       decoding them here costs Redis, which has CPU to spare.
 -- Replies: {'OK', new_version, token} | {'CONFLICT', token, version, meta, order, msgs, ids}
 --          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
-local owner, token, epoch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local expected, ttl, hold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, window = tonumber(ARGV[7]), tonumber(ARGV[8])
-local appended_ids, appended_bodies, base = ARGV[9], ARGV[10], tonumber(ARGV[11])
-local event_ids = ARGV[12]
-local n_removed, n_inserted, n_meta = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local h = cjson.decode(ARGV[1])
+local owner, token, epoch, expected = h[1], h[2], h[3], h[4]
+local ttl, hold, lease, window, base, n_inserted = h[5], h[6], h[7], h[8], h[9], h[10]
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= owner then return {'LOCKED', holder} end
 if token >= 0 and not holder then return {'LOCK_LOST', ''} end
@@ -49,25 +45,24 @@ if version ~= expected then
           redis.call('LRANGE', KEYS[6], 0, -1)}
 end
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
-local at = 16
-for i = at, at + n_removed - 1, 1000 do
-  local j = math.min(i + 999, at + n_removed - 1)
-  redis.call('ZREM', KEYS[3], unpack(ARGV, i, j))
-  redis.call('HDEL', KEYS[4], unpack(ARGV, i, j))
+local removed = cjson.decode(ARGV[5])
+for i = 1, #removed, 1000 do
+  local j = math.min(i + 999, #removed)
+  redis.call('ZREM', KEYS[3], unpack(removed, i, j))
+  redis.call('HDEL', KEYS[4], unpack(removed, i, j))
 end
-at = at + n_removed
 -- Inserted scores travel as strings: Lua numbers would lose the digits of a midpoint. The
 -- appended ones are whole numbers, exact as Lua numbers.
 local zargs, hargs, n = {}, {}, 0
 for i = 0, n_inserted - 1 do
-  local k = at + 3 * i
+  local k = 7 + 3 * i
   zargs[2 * n + 1], zargs[2 * n + 2] = ARGV[k], ARGV[k + 1]
   hargs[2 * n + 1], hargs[2 * n + 2] = ARGV[k + 1], ARGV[k + 2]
   n = n + 1
 end
-at = at + 3 * n_inserted
+local appended_bodies = ARGV[3]
 local pos = 1
-for i, id in ipairs(cjson.decode(appended_ids)) do
+for i, id in ipairs(cjson.decode(ARGV[2])) do
   local stop = string.find(appended_bodies, '\n', pos, true) or (#appended_bodies + 1)
   zargs[2 * n + 1], zargs[2 * n + 2] = base + i - 1, id
   hargs[2 * n + 1], hargs[2 * n + 2] = id, string.sub(appended_bodies, pos, stop - 1)
@@ -79,7 +74,7 @@ for i = 1, #zargs, 1000 do
   redis.call('ZADD', KEYS[3], unpack(zargs, i, j))
   redis.call('HSET', KEYS[4], unpack(hargs, i, j))
 end
-local eids = cjson.decode(event_ids)
+local eids = cjson.decode(ARGV[4])
 if #eids > 0 then
   for i = 1, #eids, 1000 do
     redis.call('RPUSH', KEYS[6], unpack(eids, i, math.min(i + 999, #eids)))
@@ -91,8 +86,9 @@ if epoch >= 0 then
   fields[#fields + 1] = 'epoch'
   fields[#fields + 1] = epoch
 end
-for i = at, at + 2 * n_meta - 1 do  -- only the fields that changed
-  fields[#fields + 1] = ARGV[i]
+for field, value in pairs(cjson.decode(ARGV[6])) do  -- only the fields that changed
+  fields[#fields + 1] = field
+  fields[#fields + 1] = value
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end

@@ -1,0 +1,124 @@
+"""Message bodies as stored in Redis: the stored format, round trips, and older bodies."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memory_core import Kind, Message, Role, ToolCall
+from memory_core.models import NO_METADATA, Category
+from memory_core.redis.codec import decode_message, encode_message, encode_messages
+
+_text = st.text(max_size=30)
+_ids = st.text(min_size=1, max_size=12)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    kind = draw(st.sampled_from(Kind))
+    metadata = draw(st.dictionaries(_ids, _text, max_size=3))
+    return Message(
+        id=draw(_ids),
+        role=draw(st.sampled_from(Role)),
+        content=draw(_text),
+        tokens=draw(st.integers(0, 10**6)),
+        created_at_ms=draw(st.integers(0, 2**62)),
+        kind=kind,
+        name=draw(st.none() | _ids),
+        # Any mapping: the read-only view a producer may hand over is stored as a dict.
+        metadata=draw(st.sampled_from([metadata, MappingProxyType(metadata)])),
+        tool_call_id=draw(st.none() | _ids),
+        tool_calls=tuple(
+            ToolCall(*c) for c in draw(st.lists(st.tuples(_ids, _ids, _text), max_size=2))
+        ),
+        covers=tuple(draw(st.lists(_ids, max_size=3))) if kind is Kind.SUMMARY else (),
+    )
+
+
+@given(messages())
+def test_a_message_reads_back_as_it_was_stored(m: Message) -> None:
+    back = decode_message(encode_message(m))
+    assert back == msgspec.structs.replace(m, metadata=dict(m.metadata))
+    assert back.category is m.category
+
+
+@given(st.lists(messages(), max_size=5))
+def test_appended_bodies_are_newline_delimited(ms: list[Message]) -> None:
+    # write.lua cuts the appended bodies at newlines: none may occur inside a body.
+    raw = encode_messages(ms)
+    assert raw == b"".join(encode_message(m) + b"\n" for m in ms)
+    assert [decode_message(line) for line in raw.splitlines()] == [
+        decode_message(encode_message(m)) for m in ms
+    ]
+
+
+def test_a_plain_message_stores_only_its_own_fields() -> None:
+    m = Message("m1", Role.USER, "where is my order?", 9, 1700000000000, metadata=NO_METADATA)
+    assert encode_message(m) == (
+        b'{"id":"m1","role":"user","content":"where is my order?","tokens":9,"ts":1700000000000}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            # The bodies written before messages were encoded by msgspec (hand-built dicts).
+            {"id": "a", "role": "user", "content": "hi", "tokens": 3, "ts": 5},
+            Message("a", Role.USER, "hi", 3, 5),
+        ),
+        (
+            {
+                "id": "t",
+                "role": "assistant",
+                "content": "",
+                "tokens": 7,
+                "ts": 6,
+                "name": "bot",
+                "meta": {"k": "v"},
+                "tool_calls": [["c1", "lookup", '{"q": 1}']],
+            },
+            Message(
+                "t",
+                Role.ASSISTANT,
+                "",
+                7,
+                6,
+                name="bot",
+                metadata={"k": "v"},
+                tool_calls=(ToolCall("c1", "lookup", '{"q": 1}'),),
+            ),
+        ),
+        (
+            {
+                "id": "s",
+                "role": "system",
+                "content": "sum",
+                "tokens": 4,
+                "ts": 7,
+                "kind": "summary",
+                "covers": ["a", "b"],
+            },
+            Message("s", Role.SYSTEM, "sum", 4, 7, kind=Kind.SUMMARY, covers=("a", "b")),
+        ),
+    ],
+)
+def test_bodies_of_the_earlier_format_read_back(raw: dict[str, object], expected: Message) -> None:
+    back = decode_message(orjson.dumps(raw))
+    assert back == expected
+
+
+def test_a_stored_category_is_derived_again_on_read() -> None:
+    body = {"id": "s", "role": "user", "content": "x", "tokens": 1, "ts": 0}
+    back = decode_message(orjson.dumps({**body, "category": "system"}))
+    assert back.category is Category.SHORT_TERM
+
+
+def test_a_malformed_body_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        decode_message(b'{"id":"a","role":"user","content":"x","tokens":"many","ts":0}')
