@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -62,6 +63,13 @@ async def _produce(settings: Settings, keys: int, per_key: int) -> int:
     return keys * per_key
 
 
+async def _fetching(ready: Callable[[], bool]) -> None:
+    """Wait until the consumer joined and its first fetch answered (neither is timed)."""
+    async with asyncio.timeout(60):
+        while not ready():  # noqa: ASYNC110 (polled: neither consumer offers an event)
+            await asyncio.sleep(0.005)
+
+
 async def _ceiling(settings: Settings, total: int) -> float:
     async with build_app(settings) as app:
         consumer = AIOKafkaConsumer(
@@ -72,13 +80,17 @@ async def _ceiling(settings: Settings, total: int) -> float:
             enable_auto_commit=False,
         )
         await consumer.start()
+        await _fetching(
+            lambda: (
+                bool(consumer.assignment())
+                and all(consumer.highwater(tp) is not None for tp in consumer.assignment())
+            )
+        )
+        # As for memstream: timed once records are there to take, over every record.
+        started = time.perf_counter()
         seen = 0
-        started = 0.0
-        # As for memstream: timed from the first fetched batch (group join excluded).
         while seen < total:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            if fetched and not started:
-                started = time.perf_counter()
             for records in fetched.values():
                 for rec in records:
                     app.codec.decode(MEMORY_EVENT, rec.value)
@@ -104,14 +116,17 @@ async def _memstream(settings: Settings, total: int) -> float:
             telemetry=app.telemetry,
         )
         await consumer.start()
-        # Time from the first fetched batch, as for the ceiling (group join excluded).
-        while not (await consumer.step(timeout_ms=1000)).records:
-            pass
+        # The lag of a partition is known once its first fetch answered.
+        await _fetching(
+            lambda: bool(consumer.assignment) and len(consumer.lag()) == len(consumer.assignment)
+        )
+        # Timed as the ceiling, over every batch: a step decodes the next batch ahead while
+        # its writes finish, so leaving out the first step would leave out work done for the
+        # second.
         started = time.perf_counter()
-        first = consumer.totals.records
         while consumer.totals.records < total:
             await consumer.step(timeout_ms=1000)
-        rate = (consumer.totals.records - first) / (time.perf_counter() - started)
+        rate = consumer.totals.records / (time.perf_counter() - started)
         await consumer.stop()
         return rate
 

@@ -10,7 +10,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -48,7 +48,35 @@ class _KeyWork:
     records: list[Record] = field(default_factory=list)  # the record of each batch event
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Fetched records, decoded into events per partition and memory as far as ``decoded``."""
+
+    fetched: dict[TopicPartition, list[Record]]
+    work: dict[TopicPartition, dict[str, _KeyWork]] = field(default_factory=dict)
+    decoded: dict[TopicPartition, int] = field(default_factory=dict)  # records, per partition
+    dead: list[tuple[Record, DeadLetterReason, str]] = field(default_factory=list)
+
+    def drop(self, partitions: set[TopicPartition]) -> int:
+        """Forget the records of ``partitions`` (fetched again from their position); returns
+        how many there were."""
+        dropped = 0
+        for tp in partitions:
+            dropped += len(self.fetched.pop(tp, ()))
+            self.work.pop(tp, None)
+            self.decoded.pop(tp, None)
+        self.dead = [d for d in self.dead if _tp(d[0]) not in partitions]
+        return dropped
+
+
+def _tp(rec: Record) -> TopicPartition:
+    return TopicPartition(rec.topic, rec.partition)
+
+
 _NEVER = 2**63
+# Records decoded between two turns of the event loop while writes are under way: a few
+# milliseconds of work, so Redis is never left idle for long.
+_SLICE = 256
 # Members as module names: cheaper in the per-event loop on CPython 3.11.
 _APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
 _DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
@@ -72,6 +100,10 @@ class BatchReport:
     applied_by_memory: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     retried_partitions: list[TopicPartition] = field(default_factory=list)
+    # Records the previous step had decoded already (while its own writes finished).
+    decoded_ahead: int = 0
+    # Records fetched ahead for the next batch but dropped: their partition was rewound.
+    refetched: int = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -113,6 +145,8 @@ class ApplyConsumer(Component):
         self._fenced: set[TopicPartition] = set()
         self._next_offsets: dict[TopicPartition, int] = {}  # committed position per partition
         self._processing = asyncio.Lock()
+        # The next batch, fetched and partly decoded while Redis finished the previous one.
+        self._ahead: _Batch | None = None
         self._stopping = asyncio.Event()
         self.totals = BatchReport()
 
@@ -144,6 +178,7 @@ class ApplyConsumer(Component):
         self._consumer = self._producer = None
         if consumer is not None:
             async with self._processing:
+                self._ahead = None  # fetched, not applied: redelivered to the next owner
                 await consumer.stop()
             with contextlib.suppress(MemstreamError):
                 await self.store.release(self.owner)
@@ -177,6 +212,8 @@ class ApplyConsumer(Component):
             log.warning("revoke: in-flight batch still running after %ss", self.revoke_timeout_s)
         else:
             self._processing.release()
+        if self._ahead is not None:
+            self._ahead.drop(set(revoked))
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
@@ -185,6 +222,11 @@ class ApplyConsumer(Component):
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
         self.store.forget()
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions the group gave this consumer (empty before it joined)."""
+        return frozenset(self._consumer.assignment()) if self._consumer is not None else frozenset()
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the committed position and the high watermark, per partition."""
@@ -201,68 +243,86 @@ class ApplyConsumer(Component):
     # -- the batch -----------------------------------------------------------------------------
 
     async def step(self, timeout_ms: int = 200) -> BatchReport:
-        """Fetch one batch and process it fully (apply, dead-letter, flush commands, commit)."""
+        """Fetch one batch and process it fully (apply, dead-letter, flush commands, commit).
+
+        The batch may have been fetched by the previous step, which decodes the next records
+        while its last writes run in Redis; they are applied here, as their own batch.
+        """
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("ApplyConsumer.start() was not called")
-        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
-        fetched = {tp: recs for tp, recs in fetched.items() if recs and tp not in self._fenced}
-        if not fetched:
-            return BatchReport()
         async with self._processing:
+            batch, self._ahead = self._ahead, None
+        if batch is None:
+            fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
+            batch = _Batch({tp: recs for tp, recs in fetched.items() if recs})
+        async with self._processing:
+            # Partitions fenced or given away since their records were fetched are not ours.
+            assigned = consumer.assignment()
+            batch.drop({tp for tp in batch.fetched if tp in self._fenced or tp not in assigned})
+            if not batch.fetched:
+                return BatchReport()
             try:
                 with gc_paused():
-                    report = await self._process(consumer, fetched)
+                    report = await self._process(consumer, batch)
             except BaseException:
-                # Nothing of this batch is committed: rewind so it is fetched again.
-                for tp, recs in fetched.items():
+                # Nothing of this batch (nor of the next, fetched ahead) is committed: rewind
+                # so they are fetched again.
+                starts: dict[TopicPartition, int] = {}
+                for b in (self._ahead, batch):
+                    for tp, recs in (b.fetched if b is not None else {}).items():
+                        starts[tp] = recs[0].offset
+                self._ahead = None
+                for tp, offset in starts.items():
                     if tp in consumer.assignment():
-                        consumer.seek(tp, recs[0].offset)
+                        consumer.seek(tp, offset)
                 raise
         _accumulate(self.totals, report)
         return report
 
-    async def _process(
-        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Record]]
-    ) -> BatchReport:
+    async def _process(self, consumer: AIOKafkaConsumer, batch: _Batch) -> BatchReport:
         started = time.perf_counter()
-        report = BatchReport(records=sum(len(r) for r in fetched.values()))
-        dead: list[tuple[Record, DeadLetterReason, str]] = []
+        fetched = batch.fetched
+        report = BatchReport(
+            records=sum(len(r) for r in fetched.values()),
+            decoded_ahead=sum(batch.decoded.values()),
+        )
         work: dict[str, _KeyWork] = {}
-        decode, catalog = self.codec.decode, self.catalog
-        for tp, records in fetched.items():
-            for rec in records:
-                try:
-                    decoded = to_domain(decode(MEMORY_EVENT, rec.value), rec.key, catalog)
-                except UnknownSchemaError as exc:
-                    dead.append((rec, DeadLetterReason.UNKNOWN_SCHEMA, str(exc)))
-                    continue
-                except DecodeError as exc:
-                    dead.append((rec, DeadLetterReason.UNDECODABLE, str(exc)))
-                    continue
-                except RejectedEventError as exc:
-                    dead.append((rec, exc.reason, exc.detail))
-                    continue
-                event = decoded.event
-                if event is None:
-                    continue
-                w = work.get(decoded.memory_key)
-                if w is None:
-                    w = work[decoded.memory_key] = _KeyWork(decoded.entry.policy.config.id, tp)
-                w.batch_events.append(LoggedEvent(rec.offset, event))
-                w.records.append(rec)
+        # Each partition's memories are written as soon as its records are decoded (a memory
+        # key lives in one partition), and the next partition is decoded meanwhile; once all
+        # are written, the next batch is fetched and decoded until the writes are answered.
+        # Redis runs the writes while this process decodes, instead of idling through every
+        # decode and then holding the batch up.
+        applying: list[asyncio.Task[list[KeyOutcome]]] = []
 
-        batches = [
-            KeyBatch(
-                key,
-                entry.policy,
-                w.batch_events,
-                epoch=self._epochs.get(w.partition, -1),
-            )
-            for key, w in work.items()
-            if (entry := self.catalog.get(w.memory_id)) is not None
-        ]
-        outcomes = await self.store.apply(batches, self.owner, hold=True) if batches else []
+        def written() -> bool:
+            return all(task.done() for task in applying)
+
+        try:
+            for tp in fetched:
+                await self._decode(batch, tp, until=(lambda: False) if applying else None)
+                part = batch.work.get(tp, {})
+                work.update(part)
+                epoch = self._epochs.get(tp, -1)
+                batches = [
+                    KeyBatch(key, entry.policy, w.batch_events, epoch=epoch)
+                    for key, w in part.items()
+                    if (entry := self.catalog.get(w.memory_id)) is not None
+                ]
+                if batches:
+                    applying.append(
+                        asyncio.create_task(self.store.apply(batches, self.owner, hold=True))
+                    )
+            if not written():
+                await self._decode_ahead(consumer, written)
+            outcomes = [outcome for task in applying for outcome in await task]
+        finally:
+            # After an error, writes still running are cancelled (their chunks abandoned):
+            # nothing of this batch is committed, and the retry deduplicates what they wrote.
+            for task in applying:
+                task.cancel()
+            await asyncio.gather(*applying, return_exceptions=True)
+        dead = batch.dead
 
         failed: set[TopicPartition] = set()
         out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
@@ -292,6 +352,8 @@ class ApplyConsumer(Component):
             if tp in failed:
                 consumer.seek(tp, records[0].offset)
                 report.retried_partitions.append(tp)
+                if self._ahead is not None:
+                    report.refetched += self._ahead.drop({tp})
             else:
                 commit[tp] = records[-1].offset + 1
         if commit:
@@ -300,6 +362,61 @@ class ApplyConsumer(Component):
             self._next_offsets.update(commit)
         self._metrics(report, (time.perf_counter() - started) * 1000)
         return report
+
+    async def _decode_ahead(self, consumer: AIOKafkaConsumer, done: Callable[[], bool]) -> None:
+        """Fetch the records already buffered for the next batch and decode them until
+        ``done``; the next step applies them."""
+        fetched = await consumer.getmany(timeout_ms=0, max_records=self.max_records)
+        fetched = {tp: recs for tp, recs in fetched.items() if recs}
+        if not fetched:
+            return
+        ahead = self._ahead = _Batch(fetched)
+        for tp in fetched:
+            if not await self._decode(ahead, tp, until=done):
+                return
+
+    async def _decode(
+        self, batch: _Batch, tp: TopicPartition, *, until: Callable[[], bool] | None
+    ) -> bool:
+        """Decode the records of ``tp`` on from where the batch stopped, grouped by memory in
+        log order; True once all are.
+
+        With ``until``, it gives the event loop a turn every ``_SLICE`` records (so writes
+        under way are read and the next ones sent meanwhile) and stops once ``until()``.
+        """
+        records = batch.fetched[tp]
+        work = batch.work.setdefault(tp, {})
+        dead = batch.dead
+        decode, catalog = self.codec.decode, self.catalog
+        start = batch.decoded.get(tp, 0)
+        for i in range(start, len(records)):
+            if until is not None and i % _SLICE == 0 and i > start:
+                await asyncio.sleep(0)
+                if until():
+                    batch.decoded[tp] = i
+                    return False
+            rec = records[i]
+            try:
+                decoded = to_domain(decode(MEMORY_EVENT, rec.value), rec.key, catalog)
+            except UnknownSchemaError as exc:
+                dead.append((rec, DeadLetterReason.UNKNOWN_SCHEMA, str(exc)))
+                continue
+            except DecodeError as exc:
+                dead.append((rec, DeadLetterReason.UNDECODABLE, str(exc)))
+                continue
+            except RejectedEventError as exc:
+                dead.append((rec, exc.reason, exc.detail))
+                continue
+            event = decoded.event
+            if event is None:
+                continue
+            w = work.get(decoded.memory_key)
+            if w is None:
+                w = work[decoded.memory_key] = _KeyWork(decoded.entry.policy.config.id, tp)
+            w.batch_events.append(LoggedEvent(rec.offset, event))
+            w.records.append(rec)
+        batch.decoded[tp] = len(records)
+        return True
 
     def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
         if outcome.status is WriteStatus.FENCED:
@@ -445,5 +562,7 @@ def _accumulate(total: BatchReport, r: BatchReport) -> None:
         "tokens_saved",
         "tokens_appended",
         "tokens_evicted",
+        "decoded_ahead",
+        "refetched",
     ):
         setattr(total, name, getattr(total, name) + getattr(r, name))

@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from memory_core.eviction import ApplyResult, Outcome
+from memory_core.eviction import ApplyResult
 from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import (
@@ -261,7 +262,6 @@ class RedisMemoryStore:
             policy.ttl_ms,
             policy.lock_ttl_ms if hold else 0,
             policy.lock_ttl_ms,
-            policy.manager.id_window,
             new.base,
             len(new.inserted) // 3,
         )
@@ -269,7 +269,10 @@ class RedisMemoryStore:
             _dumps(header),
             _dumps(new.appended_ids),
             new.appended_bodies,
-            _dumps(_new_ids(result)),
+            # The whole window, trimmed by the manager: stored as one string in one command.
+            _dumps(recent)
+            if (recent := result.state.recent_event_ids) != cached.state.recent_event_ids
+            else b"",
             _dumps(new.removed),
             _dumps(changed),
         ]
@@ -304,9 +307,15 @@ class RedisMemoryStore:
 
     async def recent_event_ids(self, memory_key: str) -> tuple[str, ...]:
         """The window of recent event ids kept for deduplication, oldest first."""
+        key = self.keys(memory_key).ids
         async with translate_redis_errors():
-            raw = await self.redis.lrange(self.keys(memory_key).ids, 0, -1)
-        return tuple(_s(x) for x in raw)
+            try:
+                return _recent_ids(await self.redis.get(key))
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                # Stored as a list by earlier versions (the next write stores the string).
+                return tuple(_s(x) for x in await self.redis.lrange(key, 0, -1))
 
     async def applied_offset(self, memory_key: str) -> int:
         """The last log offset applied to ``memory_key`` (-1 if none)."""
@@ -405,16 +414,13 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     scores = {i: float(s) for i, s in zip(ids, flat_order[1::2], strict=True)}
     messages = tuple(decode_message(bodies[i]) for i in ids)
     next_pos = float(meta.get("next_pos", 1.0))
-    recent = tuple(_s(x) for x in reply[6])
+    recent = _recent_ids(reply[6])
     return _Cached(version, state_from(meta, messages, recent), scores, next_pos, meta)
 
 
-_DUPLICATES = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
-
-
-def _new_ids(result: ApplyResult) -> list[str]:
-    """Event ids the batch added to the recent-ids window (duplicates add none)."""
-    return [r.event_id for r in result.results if r.outcome not in _DUPLICATES]
+def _recent_ids(raw: bytes | str | None) -> tuple[str, ...]:
+    """The stored window of recent event ids (a JSON array; ``{}`` is Lua's empty one)."""
+    return tuple(orjson.loads(raw) or ()) if raw else ()
 
 
 def _s(x: Any) -> str:

@@ -8,11 +8,12 @@
 -- ARGV: 1. a JSON array [owner, token (-1 = not held: take the lock and draw a token here),
 --          epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the lock after
 --          the write, else keep holding it for hold_ms more), lease_ms (how long a CONFLICT
---          keeps the lock), id window, the score of the first appended message (the next
---          ones follow by 1), the number of inserted messages];
+--          keeps the lock), the score of the first appended message (the next ones follow
+--          by 1), the number of inserted messages];
 --       2. a JSON array of the appended messages' ids; 3. their bodies as newline-delimited
 --          JSON (each followed by a newline; JSON bodies hold none);
---       4. a JSON array of the new event ids; 5. a JSON array of the removed message ids;
+--       4. the window of recent event ids as a JSON array, '' when unchanged (stored as
+--          is: the caller trims it); 5. a JSON array of the removed message ids;
 --       6. a JSON object of the changed meta fields;
 --       7… (score, id, body) per message inserted between kept ones (a summary; rare).
 --       Few arguments whatever the batch: packing each one costs the consumer more than
@@ -21,7 +22,15 @@
 --          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
 local h = cjson.decode(ARGV[1])
 local owner, token, epoch, expected = h[1], h[2], h[3], h[4]
-local ttl, hold, lease, window, base, n_inserted = h[5], h[6], h[7], h[8], h[9], h[10]
+local ttl, hold, lease, base, n_inserted = h[5], h[6], h[7], h[8], h[9]
+-- The ids window as stored: a JSON string (a list, as older versions kept it, is converted).
+local function recent_ids()
+  local ids = redis.pcall('GET', KEYS[6])
+  if type(ids) == 'table' and ids.err then
+    return cjson.encode(redis.call('LRANGE', KEYS[6], 0, -1))
+  end
+  return ids
+end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= owner then return {'LOCKED', holder} end
 if token >= 0 and not holder then return {'LOCK_LOST', ''} end
@@ -42,7 +51,7 @@ if version ~= expected then
   redis.call('SET', KEYS[1], owner, 'PX', lease)
   return {'CONFLICT', token, version, redis.call('HGETALL', KEYS[2]),
           redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES'), redis.call('HGETALL', KEYS[4]),
-          redis.call('LRANGE', KEYS[6], 0, -1)}
+          recent_ids()}
 end
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
 local removed = cjson.decode(ARGV[5])
@@ -60,13 +69,12 @@ for i = 0, n_inserted - 1 do
   hargs[2 * n + 1], hargs[2 * n + 2] = ARGV[k + 1], ARGV[k + 2]
   n = n + 1
 end
-local appended_bodies = ARGV[3]
-local pos = 1
-for i, id in ipairs(cjson.decode(ARGV[2])) do
-  local stop = string.find(appended_bodies, '\n', pos, true) or (#appended_bodies + 1)
-  zargs[2 * n + 1], zargs[2 * n + 2] = base + i - 1, id
-  hargs[2 * n + 1], hargs[2 * n + 2] = id, string.sub(appended_bodies, pos, stop - 1)
-  pos = stop + 1
+-- Bodies are JSON objects: never empty, no newline inside.
+local ids, i = cjson.decode(ARGV[2]), 0
+for body in string.gmatch(ARGV[3], '[^\n]+') do
+  i = i + 1
+  zargs[2 * n + 1], zargs[2 * n + 2] = base + i - 1, ids[i]
+  hargs[2 * n + 1], hargs[2 * n + 2] = ids[i], body
   n = n + 1
 end
 for i = 1, #zargs, 1000 do
@@ -74,13 +82,7 @@ for i = 1, #zargs, 1000 do
   redis.call('ZADD', KEYS[3], unpack(zargs, i, j))
   redis.call('HSET', KEYS[4], unpack(hargs, i, j))
 end
-local eids = cjson.decode(ARGV[4])
-if #eids > 0 then
-  for i = 1, #eids, 1000 do
-    redis.call('RPUSH', KEYS[6], unpack(eids, i, math.min(i + 999, #eids)))
-  end
-  redis.call('LTRIM', KEYS[6], -window, -1)
-end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'PX', ttl) end
 local fields = {'version', version + 1, 'fence', token}
 if epoch >= 0 then
   fields[#fields + 1] = 'epoch'
@@ -91,7 +93,7 @@ for field, value in pairs(cjson.decode(ARGV[6])) do  -- only the fields that cha
   fields[#fields + 1] = value
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
+for k = 2, ARGV[4] ~= '' and 5 or 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
 if hold > 0 then
   redis.call('SET', KEYS[1], owner, 'PX', hold)
 elseif holder then

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiokafka.structs import TopicPartition
 
 from consumers.bootstrap import App, build_app
@@ -83,8 +84,10 @@ async def test_a_consumer_that_lost_its_partition_is_fenced_and_commits_nothing(
         await zombie.stop()
 
 
+# Small batches: steps then fetch and decode ahead when Redis goes away under them.
+@pytest.mark.parametrize("max_records", [2000, 40])
 async def test_the_consumer_rides_out_a_redis_outage_and_loses_nothing(
-    pipeline_settings: Settings, tmp_path: Path, names: str
+    pipeline_settings: Settings, tmp_path: Path, names: str, max_records: int
 ) -> None:
     server = DurableRedis(tmp_path)
     server.start()
@@ -102,7 +105,7 @@ async def test_the_consumer_rides_out_a_redis_outage_and_loses_nothing(
             conversations = workload(seed=3, prefix=names, keys=10, events=30)
             half = [c.__class__(c.memory_key, c.records[:15]) for c in conversations]
             rest = [c.__class__(c.memory_key, c.records[15:]) for c in conversations]
-            consumer = apply_consumer(app)
+            consumer = apply_consumer(app, max_records=max_records)
             stop = asyncio.Event()
             await consumer.start()
             task = asyncio.create_task(consumer.run(stop))
