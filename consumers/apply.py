@@ -128,7 +128,7 @@ class ApplyConsumer(Component):
         store: RedisMemoryStore,
         codec: AvroCodec,
         telemetry: Telemetry,
-        max_records: int = 10_000,
+        max_records: int | None = None,
         revoke_timeout_s: float = 10.0,
     ) -> None:
         self.settings = settings
@@ -136,7 +136,7 @@ class ApplyConsumer(Component):
         self.store = store
         self.codec = codec
         self.telemetry = telemetry
-        self.max_records = max_records
+        self.max_records = settings.apply_max_records if max_records is None else max_records
         self.revoke_timeout_s = revoke_timeout_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._consumer: AIOKafkaConsumer | None = None

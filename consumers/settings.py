@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     topic_partitions: int = 6
     topic_replication: int = 1
     consumer_group: str = "memstream-apply"
+    # Records per apply batch at most (under a backlog; a quiet stream gives smaller ones).
+    # Each memory is written once per batch, so larger batches spread that cost over more
+    # events; a batch is committed only once applied, so it also bounds what is redone after
+    # a crash.
+    apply_max_records: int = 20_000
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
 
