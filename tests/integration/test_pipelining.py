@@ -60,6 +60,7 @@ async def test_a_partition_refused_mid_stream_drops_its_records_fetched_ahead(
         consumer = apply_consumer(app, max_records=120)
         await consumer.start()
         stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
         try:
             for _ in range(2):
                 await consumer.step(timeout_ms=1000)
@@ -83,6 +84,6 @@ async def test_a_partition_refused_mid_stream_drops_its_records_fetched_ahead(
             await until_verified(app)
         finally:
             stop.set()
-            if "task" in locals():
+            if task is not None:
                 await task
             await consumer.stop()

@@ -252,11 +252,36 @@ async def test_every_key_gets_the_ttl_and_each_write_refreshes_it(redis: Redis) 
     policy = _policy(persistence={"ttl": "30s"})
     await store.apply([KeyBatch("u:t", policy, _user_log(2))], "w")
     keys = store.keys("u:t")
-    for k in (keys.meta, keys.order, keys.msgs, keys.fence):
+    for k in (keys.meta, keys.order, keys.msgs, keys.fence, keys.ids):
         assert 25_000 < await redis.pttl(k) <= 30_000
     await redis.pexpire(keys.meta, 1_000)
     await store.apply([KeyBatch("u:t", policy, _user_log(1, start=2))], "w")
     assert await redis.pttl(keys.meta) > 25_000
+    # A batch of duplicates leaves the ids window as it is, and still refreshes its TTL.
+    await redis.pexpire(keys.ids, 1_000)
+    await store.apply([KeyBatch("u:t", policy, _user_log(1, start=2))], "w")
+    assert await redis.pttl(keys.ids) > 25_000
+
+
+async def test_an_ids_window_stored_as_a_list_is_read_and_replaced(redis: Redis) -> None:
+    # Earlier versions kept the recent event ids as a list (RPUSH + LTRIM).
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    policy = _policy()
+    log = _user_log(3)
+    await RedisMemoryStore(redis, prefix=prefix).apply([KeyBatch("u:l", policy, log)], "w")
+    store = RedisMemoryStore(redis, prefix=prefix)
+    ids_key = store.keys("u:l").ids
+    await redis.delete(ids_key)
+    await redis.rpush(ids_key, "e0", "e1", "e2")
+    assert await store.recent_event_ids("u:l") == ("e0", "e1", "e2")
+    # A cold store gets the window with the stored state: the same event at a new offset is
+    # a duplicate by its id.
+    again = LoggedEvent(3, log[2].event)
+    (outcome,) = await store.apply([KeyBatch("u:l", policy, [again, *_user_log(1, start=4)])], "w")
+    assert outcome.result is not None
+    assert [r.outcome for r in outcome.result.results] == [Outcome.DUPLICATE_ID, Outcome.APPLIED]
+    assert await redis.type(ids_key) == b"string"
+    assert await store.recent_event_ids("u:l") == ("e0", "e1", "e2", "e4")
 
 
 async def test_a_flush_result_replaces_exactly_the_covered_messages(redis: Redis) -> None:
