@@ -16,6 +16,7 @@ from rich.table import Table
 
 from consumers.bootstrap import build_app
 from consumers.catalog import MemoryCatalog
+from consumers.cli_ops import register as register_operations
 from consumers.lifecycle import tune_gc
 from consumers.runner import ROLES
 from consumers.settings import Settings
@@ -41,6 +42,8 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Redi
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(encodings_app, name="encodings")
 app.add_typer(stack_app, name="stack")
+# Operator commands (topics, partition, dlq) live in their own module.
+register_operations(app)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

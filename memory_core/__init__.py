@@ -52,7 +52,14 @@ from memory_core.models import (
     ToolCall,
 )
 from memory_core.policy import MemoryPolicy
-from memory_core.ports import Clock, EventPublisher, LockManager, MemoryStore, SystemClock
+from memory_core.ports import (
+    Clock,
+    EventPublisher,
+    LockManager,
+    MemoryStore,
+    Published,
+    SystemClock,
+)
 from memory_core.privacy import PrivacyPolicy
 from memory_core.tokens import (
     SUPPORTED_ENCODINGS,
@@ -110,6 +117,7 @@ __all__ = [
     "PersistenceConfig",
     "PrivacyConfig",
     "PrivacyPolicy",
+    "Published",
     "RejectedEventError",
     "Role",
     "Snapshot",

@@ -17,6 +17,16 @@ class DeadLetterReason(StrEnum):
     OVERSIZED_MESSAGE = "oversized_message"
     ORPHAN_TOOL_RESULT = "orphan_tool_result"
     DUPLICATE_MESSAGE_ID = "duplicate_message_id"
+    # The record's key is null or differs from the event's memory_key.
+    KEY_MISMATCH = "key_mismatch"
+    # The event's memory key belongs to another memory resource than the one it names.
+    MEMORY_MISMATCH = "memory_mismatch"
+    # The event's time is outside the accepted range.
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    # The record is not in its memory's home partition (see docs/semantics.md, "Home").
+    WRONG_PARTITION = "wrong_partition"
+    # A MemoryFlushed for a flush sequence the memory did not request (or no longer awaits).
+    UNREQUESTED_FLUSH = "unrequested_flush"
 
 
 class MemstreamError(Exception):

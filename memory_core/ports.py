@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -86,17 +87,42 @@ class MemoryStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where one published event landed in the log (durable: acknowledged by every replica)."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
 class EventPublisher(Protocol):
-    """Publishes memory events to the log; each call returns once the events are durable."""
+    """Publishes memory events to the log; each call returns once the events are durable.
 
-    async def append(self, memory_key: str, memory_id: str, drafts: Sequence[Draft]) -> list[int]:
-        """Publish one MessageAppended per draft, in order; returns their offsets."""
+    ``event_id``/``event_ids`` reuse the ids of an earlier attempt, so a retry after an
+    unconfirmed write is applied at most once (the consumer skips a repeated event id).
+    """
+
+    async def append(
+        self,
+        memory_key: str,
+        memory_id: str,
+        drafts: Sequence[Draft],
+        *,
+        event_ids: Sequence[str] | None = None,
+    ) -> list[Published]:
+        """Publish one MessageAppended per draft, in order."""
         ...
 
-    async def clear(self, memory_key: str, memory_id: str) -> int:
-        """Publish a MemoryCleared; returns its offset."""
+    async def clear(
+        self, memory_key: str, memory_id: str, *, event_id: str | None = None
+    ) -> Published:
+        """Publish a MemoryCleared."""
         ...
 
-    async def request_flush(self, memory_key: str, memory_id: str) -> int:
-        """Publish a FlushRequested; returns its offset."""
+    async def request_flush(
+        self, memory_key: str, memory_id: str, *, event_id: str | None = None
+    ) -> Published:
+        """Publish a FlushRequested."""
         ...
