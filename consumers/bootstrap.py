@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from consumers.catalog import MemoryCatalog
+from consumers.generations import active_generation
 from consumers.producer import MemoryProducer
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
@@ -115,6 +116,7 @@ async def build_app(
             codec=codec,
             telemetry=telemetry,
             catalog=catalog,
+            generation=lambda: active_generation(settings),
         )
         await stack.enter_async_context(producer)
         yield App(

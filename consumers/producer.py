@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope, flushed_payload
+from consumers.generations import Generation
 from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
-from memory_core import Draft, Message, SystemClock, validate_memory_key
+from memory_core import Draft, Message, MemstreamError, Published, SystemClock, validate_memory_key
 from memory_core.values import replace
 from schemas import MEMORY_EVENT, AvroCodec
 
+log = logging.getLogger(__name__)
+
+GenerationSource = Callable[[], Awaitable[Generation]]
+
+
+class GenerationSealedError(MemstreamError):
+    """The events topic is sealed for a repartition and no newer generation is active yet."""
+
+    retriable = True
+
 
 class MemoryProducer(Component):
-    """Idempotent, ``acks=all`` publisher of memory events; one partition per memory key."""
+    """Idempotent, ``acks=all`` publisher of memory events, each to its memory's home partition.
+
+    With ``generation`` (how to look up the active generation of the events topic), every
+    event goes to the home partition of its key in that generation, whatever the topic's
+    current partition count; a topic sealed by a repartition makes it look the generation up
+    again and resend there. Without it, events go to ``topic`` by the client's partitioner.
+    """
 
     def __init__(
         self,
@@ -28,12 +47,15 @@ class MemoryProducer(Component):
         telemetry: Telemetry,
         catalog: MemoryCatalog | None = None,
         linger_ms: int = 5,
+        generation: GenerationSource | None = None,
     ) -> None:
         self.topic = topic
         self._codec = codec
         self._telemetry = telemetry
         self._catalog = catalog
         self._clock = SystemClock()
+        self._resolve = generation
+        self.generation: Generation | None = None
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             enable_idempotence=True,
@@ -43,10 +65,13 @@ class MemoryProducer(Component):
         self._started = False
 
     async def start(self) -> None:
-        """Connect (idempotent)."""
+        """Connect, look up the active generation (idempotent)."""
         if not self._started:
             await self._producer.start()
             self._started = True
+            if self._resolve is not None:
+                self.generation = await self._resolve()
+                self.topic = self.generation.topic
 
     async def stop(self) -> None:
         """Flush pending sends and disconnect (idempotent)."""
@@ -56,47 +81,117 @@ class MemoryProducer(Component):
 
     async def send_records(self, memory_key: str, records: Sequence[dict[str, Any]]) -> list[int]:
         """Publish encoded records of one memory in order; returns their offsets once durable."""
+        return [p.offset for p in await self.publish(memory_key, records)]
+
+    async def publish(self, memory_key: str, records: Sequence[dict[str, Any]]) -> list[Published]:
+        """Publish records of one memory in order; returns where each landed once durable."""
         validate_memory_key(memory_key)
         key = memory_key.encode()
+        values = [self._codec.encode(MEMORY_EVENT, r) for r in records]
         with self._telemetry.tracer.start_as_current_span(
             "memstream.publish", attributes={"memstream.events": len(records)}
         ):
             headers = inject_headers()
-            futures = [
-                await self._producer.send(
-                    self.topic,
-                    self._codec.encode(MEMORY_EVENT, r),
-                    key=key,
-                    headers=headers,
-                )
-                for r in records
-            ]
-            return [(await f).offset for f in futures]
-
-    async def send_raw(self, key: bytes | None, value: bytes | None) -> int:
-        """Publish raw bytes (operators' tools and tests of the dead-letter path)."""
-        meta = await (await self._producer.send(self.topic, value, key=key))
-        return int(meta.offset)
-
-    async def append(self, memory_key: str, memory_id: str, drafts: Sequence[Draft]) -> list[int]:
-        """Publish one MessageAppended per draft (redacted first when the memory is known)."""
-        now = self._clock.now_ms()
-        records = [
-            envelope(memory_key, memory_id, d.created_at_ms or now, appended_payload(d))
-            for d in self._private(memory_id, drafts)
+            try:
+                landed = await self._send(key, values, headers)
+            except MessageSizeTooLargeError:
+                if self._resolve is None or not await self._refresh():
+                    raise
+                landed = await self._send(key, values, headers)
+        return [
+            Published(str(r["event_id"]), topic, partition, offset)
+            for r, (topic, partition, offset) in zip(records, landed, strict=True)
         ]
-        return await self.send_records(memory_key, records)
 
-    async def clear(self, memory_key: str, memory_id: str) -> int:
+    async def _send(
+        self, key: bytes, values: list[bytes], headers: list[tuple[str, bytes]]
+    ) -> list[tuple[str, int, int]]:
+        gen = self.generation
+        partition = gen.home(key) if gen is not None else None
+        futures = [
+            await self._producer.send(self.topic, v, key=key, headers=headers, partition=partition)
+            for v in values
+        ]
+        out = []
+        for f in futures:
+            meta = await f
+            out.append((meta.topic, meta.partition, meta.offset))
+        return out
+
+    async def _refresh(self) -> bool:
+        """After a refused send: True when a newer generation is active (resend there).
+
+        A repartition seals the old topic (its records are refused, so nothing was written);
+        until the new generation is active the write fails as retriable.
+        """
+        assert self._resolve is not None
+        newer = await self._resolve()
+        if self.generation is not None and newer.number <= self.generation.number:
+            raise GenerationSealedError(
+                f"{self.topic} refuses records (sealed by a repartition, or a record over "
+                "its size limit); retry once the new generation is active"
+            )
+        log.warning("events topic moved to generation %d (%s)", newer.number, newer.topic)
+        self.generation, self.topic = newer, newer.topic
+        return True
+
+    async def send_raw(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Sequence[tuple[str, bytes]] = (),
+        home: bool = False,
+    ) -> Published:
+        """Publish raw bytes (operators' tools, re-drives and tests of the dead-letter path);
+        with ``home``, to the key's home partition."""
+        gen = self.generation
+        partition = gen.home(key) if home and gen is not None and key is not None else None
+        meta = await (
+            await self._producer.send(
+                self.topic, value, key=key, headers=list(headers), partition=partition
+            )
+        )
+        return Published("", meta.topic, meta.partition, int(meta.offset))
+
+    async def append(
+        self,
+        memory_key: str,
+        memory_id: str,
+        drafts: Sequence[Draft],
+        *,
+        event_ids: Sequence[str] | None = None,
+    ) -> list[Published]:
+        """Publish one MessageAppended per draft, redacted first when the memory is known.
+
+        Drafts the memory's privacy policy never persists are not published: the result has
+        one entry per published draft (compare message ids).
+        """
+        if event_ids is not None and len(event_ids) != len(drafts):
+            raise ValueError("event_ids must give one id per draft")
+        now = self._clock.now_ms()
+        ids: list[str | None] = list(event_ids) if event_ids is not None else [None] * len(drafts)
+        records = [
+            envelope(memory_key, memory_id, d.created_at_ms or now, appended_payload(d), eid)
+            for d, eid in self._private(memory_id, drafts, ids)
+        ]
+        return await self.publish(memory_key, records) if records else []
+
+    async def clear(
+        self, memory_key: str, memory_id: str, *, event_id: str | None = None
+    ) -> Published:
         """Publish a MemoryCleared."""
-        record = envelope(memory_key, memory_id, self._clock.now_ms(), (CLEARED, {"reason": None}))
-        return (await self.send_records(memory_key, [record]))[0]
+        payload = (CLEARED, {"reason": None})
+        record = envelope(memory_key, memory_id, self._clock.now_ms(), payload, event_id)
+        return (await self.publish(memory_key, [record]))[0]
 
-    async def request_flush(self, memory_key: str, memory_id: str) -> int:
+    async def request_flush(
+        self, memory_key: str, memory_id: str, *, event_id: str | None = None
+    ) -> Published:
         """Publish a FlushRequested."""
         payload = (FLUSH_REQUESTED, {"reason": "requested"})
-        record = envelope(memory_key, memory_id, self._clock.now_ms(), payload)
-        return (await self.send_records(memory_key, [record]))[0]
+        record = envelope(memory_key, memory_id, self._clock.now_ms(), payload, event_id)
+        return (await self.publish(memory_key, [record]))[0]
 
     async def flushed(
         self,
@@ -112,13 +207,15 @@ class MemoryProducer(Component):
         record = envelope(memory_key, memory_id, self._clock.now_ms(), payload, event_id=event_id)
         return (await self.send_records(memory_key, [record]))[0]
 
-    def _private(self, memory_id: str, drafts: Sequence[Draft]) -> list[Draft]:
+    def _private(
+        self, memory_id: str, drafts: Sequence[Draft], event_ids: list[str | None]
+    ) -> list[tuple[Draft, str | None]]:
         entry = self._catalog.get(memory_id) if self._catalog is not None else None
         if entry is None:
-            return list(drafts)
+            return list(zip(drafts, event_ids, strict=True))
         privacy = entry.policy.privacy
         return [
-            replace(d, content=privacy.redact(d.content))
-            for d in drafts
+            (replace(d, content=privacy.redact(d.content)), eid)
+            for d, eid in zip(drafts, event_ids, strict=True)
             if privacy.persists(d.role)
         ]
