@@ -14,7 +14,7 @@ from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelop
 from consumers.generations import Generation
 from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
-from memory_core import Draft, Message, MemstreamError, Published, SystemClock, validate_memory_key
+from memory_core import Draft, MemstreamError, Message, Published, SystemClock, validate_memory_key
 from memory_core.values import replace
 from schemas import MEMORY_EVENT, AvroCodec
 
