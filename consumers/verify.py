@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
+from consumers.generations import active_generation
 from consumers.settings import Settings
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
 from memory_core.redis import KeyBatch, RedisMemoryStore
@@ -23,7 +24,9 @@ class LogContents:
 
     events: dict[str, list[LoggedEvent]] = field(default_factory=lambda: defaultdict(list))
     policies: dict[str, MemoryPolicy] = field(default_factory=dict)
+    homes: dict[str, str] = field(default_factory=dict)  # "<topic>:<partition>"
     invalid: int = 0
+    misplaced: int = 0
     records: int = 0
 
 
@@ -50,10 +53,13 @@ class VerifyReport:
 
 
 async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec) -> LogContents:
-    """Read the events topic from the beginning to its current end (no consumer group)."""
+    """Read the active generation of the events topic from its beginning to its current end
+    (no consumer group), keeping what the apply consumer applies: records in their memory's
+    home partition, valid."""
     out = LogContents()
+    gen = await active_generation(settings)
     consumer = AIOKafkaConsumer(
-        settings.events_topic,
+        gen.topic,
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         group_id=None,
@@ -68,7 +74,7 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
             await asyncio.sleep(0.05)
         tps = sorted(consumer.assignment())
         if not tps:
-            raise MemstreamError(f"topic {settings.events_topic} has no partitions")
+            raise MemstreamError(f"topic {gen.topic} has no partitions")
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
@@ -77,6 +83,9 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
             for tp, records in fetched.items():
                 for rec in records:
                     out.records += 1
+                    if rec.key is not None and gen.home(rec.key) != rec.partition:
+                        out.misplaced += 1
+                        continue
                     try:
                         decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
                     except (DecodeError, MemstreamError):
@@ -87,6 +96,7 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
                             LoggedEvent(rec.offset, decoded.event)
                         )
                         out.policies[decoded.memory_key] = decoded.entry.policy
+                        out.homes[decoded.memory_key] = f"{rec.topic}:{rec.partition}"
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
     finally:
@@ -114,6 +124,9 @@ async def verify(
                 mismatches.append(Mismatch(key, "stored but has no events in the log"))
             continue
         expected = policy.manager.apply(MemoryState(), events).state
+        if snap.home is not None and snap.home != log.homes[key]:
+            mismatches.append(Mismatch(key, f"home {snap.home} != {log.homes[key]} of the log"))
+            continue
         recent = await store.recent_event_ids(key)
         if list(recent) != list(expected.recent_event_ids):
             mismatches.append(Mismatch(key, "recent event ids differ from the log"))
@@ -153,7 +166,9 @@ async def replay(
     stopped; returns how many memories were written.
     """
     log = await read_log(settings, catalog, codec)
-    batches = [KeyBatch(k, log.policies[k], events) for k, events in log.events.items()]
+    batches = [
+        KeyBatch(k, log.policies[k], events, home=log.homes[k]) for k, events in log.events.items()
+    ]
     for start in range(0, len(batches), 500):
         outcomes = await store.apply(batches[start : start + 500], "replay")
         refused = [o for o in outcomes if o.result is None]

@@ -49,14 +49,18 @@ class WriteStatus(StrEnum):
 class KeyBatch(Value, frozen=True):
     """The events of one memory in one fetched batch, in log order.
 
-    ``epoch`` is the writer's partition epoch (-1: not a partition consumer): a write with an
-    epoch older than the memory's last writer's is refused as fenced.
+    ``home`` is the memory's home, ``"<topic>:<partition>"`` (recorded with the state; empty:
+    not written from a partition, e.g. a test). ``epoch`` is the writer's epoch of that
+    partition (-1: not a partition consumer): a write is refused as fenced when the
+    partition has a newer epoch (a newer owner took it) or the memory was last written with
+    a newer one.
     """
 
     memory_key: str
     policy: MemoryPolicy
     events: Sequence[LoggedEvent]
     epoch: int = -1
+    home: str = ""
 
 
 class KeyOutcome(Value, frozen=True):
@@ -246,6 +250,7 @@ class RedisMemoryStore:
                 "next_pos": repr(new.cached.next_pos),
                 "config": b.policy.fingerprint,
                 "memory_id": b.policy.config.id,
+                **({"home": b.home} if b.home else {}),
             },
             result.tokens,
         )
@@ -278,7 +283,11 @@ class RedisMemoryStore:
         ]
         args += new.inserted
         k = self.keys(b.memory_key)
-        call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids), args)
+        # The partition's epoch key: a zombie (an owner the group replaced) is refused even on
+        # memories the new owner has not written yet. Another slot in Redis Cluster: see
+        # docs/decisions/0008-one-home-per-memory.md.
+        epoch_key = self.epoch_key(b.home or "-")
+        call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids, epoch_key), args)
         return _Write(b, new.cached, result, call)
 
     async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
@@ -300,10 +309,14 @@ class RedisMemoryStore:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def epoch_key(self, scope: str) -> str:
+        """The Redis key of the epoch counter of ``scope`` (``"<topic>:<partition>"``)."""
+        return f"{self.prefix}:epoch:{scope}"
+
     async def new_epoch(self, scope: str) -> int:
         """A fresh, strictly increasing epoch for ``scope`` (e.g. one topic partition)."""
         async with translate_redis_errors():
-            return int(await self.redis.incr(f"{self.prefix}:epoch:{scope}"))
+            return int(await self.redis.incr(self.epoch_key(scope)))
 
     async def recent_event_ids(self, memory_key: str) -> tuple[str, ...]:
         """The window of recent event ids kept for deduplication, oldest first."""
@@ -348,6 +361,7 @@ class RedisMemoryStore:
             recent_rejections=state.recent_rejections,
             config_fingerprint=meta.get("config"),
             memory_id=meta.get("memory_id"),
+            home=meta.get("home"),
             lock_holder=_s(holder) or None,
             lock_ttl_ms=int(lock_ttl) if int(lock_ttl) >= 0 else None,
             key_ttl_ms=int(key_ttl) if int(key_ttl) >= 0 else None,

@@ -4,7 +4,7 @@
 -- last writer's, or when the state is not at the version the caller computed from. On that
 -- last refusal (CONFLICT) the caller keeps the lock and gets the current state back, so its
 -- next attempt is one more round trip, with no wait.
--- KEYS: lock, meta, order, msgs, fence, ids
+-- KEYS: lock, meta, order, msgs, fence, ids, the writer's partition epoch counter
 -- ARGV: 1. a JSON array [owner, token (-1 = not held: take the lock and draw a token here),
 --          epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the lock after
 --          the write, else keep holding it for hold_ms more), lease_ms (how long a CONFLICT
@@ -37,7 +37,10 @@ if token >= 0 and not holder then return {'LOCK_LOST', ''} end
 local m = redis.call('HMGET', KEYS[2], 'version', 'epoch', 'fence')
 local version = tonumber(m[1]) or 0
 local refusal
-if epoch >= 0 and (tonumber(m[2]) or -1) > epoch then
+local current = epoch >= 0 and tonumber(redis.call('GET', KEYS[7]) or '-1') or -1
+if current > epoch then
+  refusal = {'FENCED', 'partition epoch ' .. current}
+elseif epoch >= 0 and (tonumber(m[2]) or -1) > epoch then
   refusal = {'FENCED', 'epoch ' .. m[2]}
 elseif token >= 0 and (tonumber(m[3]) or 0) > token then
   refusal = {'FENCED', 'token ' .. m[3]}

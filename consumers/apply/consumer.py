@@ -1,0 +1,330 @@
+"""The apply loop: fetch, hand each partition's memories to the store, dead-letter, commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from consumers.apply.accounting import BatchReport, account, accumulate, record_metrics
+from consumers.apply.decoding import Batch, Decoder, KeyWork
+from consumers.apply.outputs import BatchOutputs
+from consumers.catalog import MemoryCatalog
+from consumers.generations import Generation, active_generation, topic_partition_count
+from consumers.lifecycle import Component, gc_paused, run_steps
+from consumers.settings import Settings
+from consumers.telemetry import Telemetry
+from memory_core import MemstreamError
+from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
+from schemas import AvroCodec
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: ApplyConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.owner._on_assigned(assigned)
+
+
+class ApplyConsumer(Component):
+    """Consumes memory events, applies them per key under lock, commits only what Redis holds."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: MemoryCatalog,
+        store: RedisMemoryStore,
+        codec: AvroCodec,
+        telemetry: Telemetry,
+        max_records: int | None = None,
+        revoke_timeout_s: float = 10.0,
+        generation: Generation | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.codec = codec
+        self.telemetry = telemetry
+        self.max_records = settings.apply_max_records if max_records is None else max_records
+        self.revoke_timeout_s = revoke_timeout_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._epochs: dict[TopicPartition, int] = {}
+        self._fenced: set[TopicPartition] = set()
+        self._next_offsets: dict[TopicPartition, int] = {}  # committed position per partition
+        self._processing = asyncio.Lock()
+        # The next batch, fetched and partly decoded while Redis finished the previous one.
+        self._ahead: Batch | None = None
+        self._stopping = asyncio.Event()
+        self.totals = BatchReport()
+        # The events topic generation consumed (the active one unless given), and its decoder.
+        self.generation = generation
+        self._decoder: Decoder | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Look up the generation to consume, connect, join the group (idempotent)."""
+        if self._consumer is not None:
+            return
+        gen = self.generation = self.generation or await active_generation(self.settings)
+        self._decoder = Decoder(self.codec, self.catalog, gen)
+        count = await topic_partition_count(self.settings, gen.topic)
+        if count is not None and count != gen.partitions:
+            # Homes stay murmur2 mod the generation's count: records of the new partitions
+            # (or moved there by producers hashing over all of them) are dead-lettered.
+            log.error(
+                "%s has %d partitions but generation %d was created with %d (grown by hand?): "
+                "memories keep their homes, records outside them are dead-lettered as "
+                "wrong_partition; run `memstream topics repartition --partitions %d` to move "
+                "to a generation with %d partitions, then re-drive them (`memstream dlq`)",
+                gen.topic,
+                count,
+                gen.number,
+                gen.partitions,
+                count,
+                count,
+            )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer.subscribe([gen.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self.telemetry.add_lag_source(self.lag)
+
+    async def stop(self) -> None:
+        """Finish the in-flight batch, then leave the group and disconnect (idempotent)."""
+        self._stopping.set()
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            async with self._processing:
+                self._ahead = None  # fetched, not applied: redelivered to the next owner
+                await consumer.stop()
+            with contextlib.suppress(MemstreamError):
+                await self.store.release(self.owner)
+        if producer is not None:
+            await producer.stop()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Process batches until ``stop`` is set or ``stop()`` is called; outages back off."""
+        await run_steps(
+            self.step,
+            stopped=lambda: self._stopping.is_set() or (stop is not None and stop.is_set()),
+            retriable=(MemstreamError, KafkaError, OSError),
+            what="apply batch",
+        )
+
+    # -- rebalance -----------------------------------------------------------------------------
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self._epochs[tp] = await self.store.new_epoch(f"{tp.topic}:{tp.partition}")
+            self._fenced.discard(tp)
+            if self._consumer is not None:
+                self._next_offsets[tp] = await self._consumer.committed(tp) or 0
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Let the in-flight batch finish and commit (bounded); after that it would be abandoned
+        # uncommitted and redelivered to the new owner, which is safe.
+        try:
+            await asyncio.wait_for(self._processing.acquire(), self.revoke_timeout_s)
+        except TimeoutError:
+            log.warning("revoke: in-flight batch still running after %ss", self.revoke_timeout_s)
+        else:
+            self._processing.release()
+        if self._ahead is not None:
+            self._ahead.drop(set(revoked))
+        for tp in revoked:
+            self._epochs.pop(tp, None)
+            self._fenced.discard(tp)
+            self._next_offsets.pop(tp, None)
+        # The new owner of these partitions must not wait for our locks to expire.
+        with contextlib.suppress(MemstreamError):
+            await self.store.release(self.owner)
+        self.store.forget()
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions the group gave this consumer (empty before it joined)."""
+        return frozenset(self._consumer.assignment()) if self._consumer is not None else frozenset()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between the committed position and the high watermark, per partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out: dict[tuple[str, int], int] = {}
+        for tp, next_offset in list(self._next_offsets.items()):
+            high = consumer.highwater(tp)
+            if high is not None:
+                out[(tp.topic, tp.partition)] = max(high - next_offset, 0)
+        return out
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    async def step(self, timeout_ms: int = 200) -> BatchReport:
+        """Fetch one batch and process it fully (apply, dead-letter, flush commands, commit).
+
+        The batch may have been fetched by the previous step, which decodes the next records
+        while its last writes run in Redis; they are applied here, as their own batch.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("ApplyConsumer.start() was not called")
+        async with self._processing:
+            batch, self._ahead = self._ahead, None
+        if batch is None:
+            fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
+            batch = Batch({tp: recs for tp, recs in fetched.items() if recs})
+        async with self._processing:
+            # Partitions fenced or given away since their records were fetched are not ours.
+            assigned = consumer.assignment()
+            batch.drop({tp for tp in batch.fetched if tp in self._fenced or tp not in assigned})
+            if not batch.fetched:
+                return BatchReport()
+            try:
+                with gc_paused():
+                    report = await self._process(consumer, batch)
+            except BaseException:
+                # Nothing of this batch (nor of the next, fetched ahead) is committed: rewind
+                # so they are fetched again.
+                starts: dict[TopicPartition, int] = {}
+                for b in (self._ahead, batch):
+                    for tp, recs in (b.fetched if b is not None else {}).items():
+                        starts[tp] = recs[0].offset
+                self._ahead = None
+                for tp, offset in starts.items():
+                    if tp in consumer.assignment():
+                        consumer.seek(tp, offset)
+                raise
+        accumulate(self.totals, report)
+        return report
+
+    async def _process(self, consumer: AIOKafkaConsumer, batch: Batch) -> BatchReport:
+        started = time.perf_counter()
+        fetched = batch.fetched
+        report = BatchReport(
+            records=sum(len(r) for r in fetched.values()),
+            decoded_ahead=sum(batch.decoded.values()),
+        )
+        decoder = self._decoder
+        assert decoder is not None
+        # Each partition's memories are written as soon as its records are decoded (a memory
+        # lives in one partition), and the next partition is decoded meanwhile; once all are
+        # written, the next batch is fetched and decoded until the writes are answered.
+        # Redis runs the writes while this process decodes, instead of idling through every
+        # decode and then holding the batch up.
+        applying: list[tuple[dict[str, KeyWork], asyncio.Task[list[KeyOutcome]]]] = []
+
+        def written() -> bool:
+            return all(task.done() for _, task in applying)
+
+        try:
+            for tp in fetched:
+                await decoder.decode(batch, tp, until=(lambda: False) if applying else None)
+                part = batch.work.get(tp, {})
+                epoch = self._epochs.get(tp, -1)
+                home = f"{tp.topic}:{tp.partition}"
+                batches = [
+                    KeyBatch(key, entry.policy, w.events, epoch=epoch, home=home)
+                    for key, w in part.items()
+                    if (entry := self.catalog.get(w.memory_id)) is not None
+                ]
+                if batches:
+                    task = asyncio.create_task(self.store.apply(batches, self.owner, hold=True))
+                    applying.append((part, task))
+            if not written():
+                await self._decode_ahead(consumer, written)
+            results = [(part, await task) for part, task in applying]
+        finally:
+            # After an error, writes still running are cancelled (their chunks abandoned):
+            # nothing of this batch is committed, and the retry deduplicates what they wrote.
+            for _, task in applying:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in applying), return_exceptions=True)
+
+        outputs = BatchOutputs(self.settings, self.codec)
+        failed: set[TopicPartition] = set()
+        for part, outcomes in results:
+            for outcome in outcomes:
+                w = part[outcome.memory_key]
+                if outcome.status is not WriteStatus.APPLIED or outcome.result is None:
+                    failed.add(w.partition)
+                    self._refused(w.partition, outcome)
+                    continue
+                account(outcome, w, report, outputs, self.telemetry)
+        for rec, reason, detail, extra in batch.dead:
+            outputs.dead_letter(rec, reason, detail, extra)
+            report.dead_lettered += 1
+            report.dead_by_reason[reason.value] += 1
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("ApplyConsumer is stopped")
+        await outputs.send(producer)
+
+        commit: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            if tp in failed:
+                consumer.seek(tp, records[0].offset)
+                report.retried_partitions.append(tp)
+                if self._ahead is not None:
+                    report.refetched += self._ahead.drop({tp})
+            else:
+                commit[tp] = records[-1].offset + 1
+        if commit:
+            await asyncio.shield(consumer.commit(commit))
+            report.committed = commit
+            self._next_offsets.update(commit)
+        record_metrics(self.telemetry, report, (time.perf_counter() - started) * 1000)
+        return report
+
+    async def _decode_ahead(self, consumer: AIOKafkaConsumer, done: Callable[[], bool]) -> None:
+        """Fetch the records already buffered for the next batch and decode them until
+        ``done``; the next step applies them."""
+        fetched = await consumer.getmany(timeout_ms=0, max_records=self.max_records)
+        fetched = {tp: recs for tp, recs in fetched.items() if recs}
+        if not fetched:
+            return
+        ahead = self._ahead = Batch(fetched)
+        assert self._decoder is not None
+        for tp in fetched:
+            if not await self._decoder.decode(ahead, tp, until=done):
+                return
+
+    def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
+        if outcome.status is WriteStatus.FENCED:
+            # A newer owner of this partition exists: we are a zombie for it.
+            log.warning("partition %s fenced on %s (%s)", tp, outcome.memory_key, outcome.detail)
+            self._fenced.add(tp)
+            # Stop fetching it; the rebalance that gave it away will take it from us.
+            if self._consumer is not None:
+                self._consumer.pause(tp)
+        else:
+            self.telemetry.lock_contention.add(1, {"status": outcome.status.value})
+            log.info("memory %s refused (%s); retrying", outcome.memory_key, outcome.status)
