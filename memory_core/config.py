@@ -53,6 +53,9 @@ def _parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
 
 
+DEFAULT_FLUSH_RETRY_AFTER = timedelta(minutes=5)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,6 +82,16 @@ class FlushingConfig(_Strict):
     summarize_oldest_percent: float = Field(default=0.3, gt=0, le=1)
     summary_recent_messages: int = Field(default=3, ge=0, le=100)
     summary_tokens: int = Field(default=500, gt=0)
+    # A flush still pending this long after it was requested (by the events' own times) is
+    # requested again: a flush whose workflow failed is not pending forever.
+    retry_after: Duration = DEFAULT_FLUSH_RETRY_AFTER
+
+    @field_validator("retry_after")
+    @classmethod
+    def _at_least_1ms(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=1):
+            raise ValueError("must be at least 1ms")
+        return value
 
 
 class PersistenceConfig(_Strict):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from enum import StrEnum
 
-from memory_core.config import Budget
+from memory_core.config import DEFAULT_FLUSH_RETRY_AFTER, Budget
 from memory_core.errors import DeadLetterReason
 from memory_core.flushing import FlushRule
 from memory_core.models import (
@@ -46,6 +47,7 @@ class EventResult(Value, frozen=True):
     reason: DeadLetterReason | None = None
     detail: str = ""
     evicted: tuple[Message, ...] = ()
+    # For an applied flush result: > 0 (a result that would save nothing is a stale flush).
     tokens_saved: int = 0
     # A rejection repeated because its event was redelivered (the state did not change).
     redelivered: bool = False
@@ -54,7 +56,8 @@ class EventResult(Value, frozen=True):
 class ApplyResult(Value, frozen=True):
     """The state after a batch, per-event outcomes, and the flush sequences requested.
 
-    ``flush_requests`` may repeat a pending sequence when its requesting event is redelivered.
+    ``flush_requests`` may repeat a pending sequence: when its requesting event is redelivered,
+    and when the flush is retried (still pending ``retry_after`` after it was requested).
     """
 
     state: MemoryState
@@ -77,6 +80,9 @@ class ApplyResult(Value, frozen=True):
 # Members as module names: cheaper on the per-event path (see memory_core.models).
 _APPLIED, _REJECTED = Outcome.APPLIED, Outcome.REJECTED
 _DUPLICATE_OFFSET, _DUPLICATE_ID = Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID
+_STALE = Outcome.STALE_FLUSH
+# How a duplicate-id skip is recorded among the recent rejections (not a dead-letter reason).
+DUPLICATE_ID_ENTRY = Outcome.DUPLICATE_ID.value
 _TOOL, _SHORT = Role.TOOL, Category.SHORT_TERM
 
 
@@ -93,6 +99,7 @@ class _Work:
         self.flush_seq = state.flush_seq
         self.flush_pending = state.flush_pending
         self.flush_offset = state.flush_offset
+        self.flush_requested_at_ms = state.flush_requested_at_ms
         self.last_flush_at_ms = state.last_flush_at_ms
         self.last_tokens_saved = state.last_tokens_saved
         self.tokens_saved_total = state.tokens_saved_total
@@ -113,6 +120,7 @@ class _Work:
             flush_seq=self.flush_seq,
             flush_pending=self.flush_pending,
             flush_offset=self.flush_offset,
+            flush_requested_at_ms=self.flush_requested_at_ms,
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
@@ -144,10 +152,14 @@ class TokenMemoryManager:
         *,
         flush_threshold: float = 0.8,
         id_window: int = DEFAULT_ID_WINDOW,
+        flush_retry_after: timedelta = DEFAULT_FLUSH_RETRY_AFTER,
     ) -> None:
         self.budget = budget
         self.flush_threshold = flush_threshold
         self.id_window = id_window
+        self.flush_retry_after = flush_retry_after
+        # Whole milliseconds, as the events' times are.
+        self._retry_ms = flush_retry_after // timedelta(milliseconds=1)
         self._limits = {c: budget.of(c) for c in CATEGORIES}
         self._flush_rule = FlushRule(budget, flush_threshold)
 
@@ -157,24 +169,38 @@ class TokenMemoryManager:
         results: list[EventResult] = []
         flushes: list[int] = []
         for logged in events:
+            offset = logged.offset
+            redelivered = offset <= work.last_offset
             result = self._decide(work, logged)
-            if result.outcome is _REJECTED and result.reason is not None and not result.redelivered:
-                work.rejections.append((logged.offset, result.reason.value))
+            outcome = result.outcome
+            if outcome is _REJECTED:
+                if result.reason is not None and not result.redelivered:
+                    work.rejections.append((offset, result.reason.value))
+                    del work.rejections[:-REJECTION_WINDOW]
+            elif outcome is _DUPLICATE_ID:
+                work.rejections.append((offset, DUPLICATE_ID_ENTRY))
                 del work.rejections[:-REJECTION_WINDOW]
             results.append(result)
-            forced = result.outcome is _APPLIED and isinstance(logged.event, FlushRequested)
-            if self._should_request_flush(work, forced=forced):
+            if redelivered:
+                if work.flush_pending and offset == work.flush_offset:
+                    # Redelivery of the event that requested the pending flush: request it
+                    # again (same sequence; the dispatcher collapses duplicates by workflow id).
+                    flushes.append(work.flush_seq)
+            elif work.flush_pending:
+                requested = work.flush_requested_at_ms
+                if requested is None or logged.at_ms >= requested + self._retry_ms:
+                    # Still pending retry_after later (its workflow failed, or its command was
+                    # lost): request it again, from this event.
+                    work.flush_offset = offset
+                    work.flush_requested_at_ms = logged.at_ms
+                    flushes.append(work.flush_seq)
+            elif self._should_request_flush(
+                work, forced=outcome is _APPLIED and isinstance(logged.event, FlushRequested)
+            ):
                 work.flush_seq += 1
                 work.flush_pending = True
-                work.flush_offset = logged.offset
-                flushes.append(work.flush_seq)
-            elif (
-                result.outcome is _DUPLICATE_OFFSET
-                and work.flush_pending
-                and logged.offset == work.flush_offset
-            ):
-                # Redelivery of the event that requested the pending flush: request it again
-                # (same sequence; the dispatcher collapses duplicates by workflow id).
+                work.flush_offset = offset
+                work.flush_requested_at_ms = logged.at_ms
                 flushes.append(work.flush_seq)
         return ApplyResult(work.freeze(), tuple(results), tuple(flushes), dict(work.totals))
 
@@ -187,7 +213,7 @@ class TokenMemoryManager:
         event = logged.event
         if logged.offset <= work.last_offset:
             for offset, reason in work.rejections:
-                if offset == logged.offset:
+                if offset == logged.offset and reason != DUPLICATE_ID_ENTRY:
                     # Rejected before: reject again (re-dead-letter), record nothing new.
                     return EventResult(
                         offset,
@@ -262,8 +288,19 @@ class TokenMemoryManager:
         return EventResult(offset, event.event_id, _APPLIED, evicted=tuple(self._evict(work)))
 
     def _flushed(self, work: _Work, offset: int, event: MemoryFlushed) -> EventResult:
-        if event.flush_seq == work.flush_seq:
-            work.flush_pending = False
+        seq = event.flush_seq
+        if seq > work.flush_seq:
+            return self._reject(
+                offset,
+                event.event_id,
+                DeadLetterReason.UNREQUESTED_FLUSH,
+                f"flush {seq} was never requested (the last requested is {work.flush_seq})",
+            )
+        if seq < work.flush_seq or not work.flush_pending:
+            # A result of an older flush, or of one that ended (applied, or cleared meanwhile).
+            return EventResult(offset, event.event_id, _STALE)
+        # The pending flush ended, however its result fares below.
+        work.flush_pending = False
         summary = event.summary
         if summary is None:
             return EventResult(offset, event.event_id, Outcome.APPLIED)
@@ -278,8 +315,11 @@ class TokenMemoryManager:
         covered = set(summary.covers)
         present = [i for i, m in enumerate(work.messages) if m.id in covered]
         if not present:
-            # Also the case of a result applied before (its covered messages are gone).
-            return EventResult(offset, event.event_id, Outcome.STALE_FLUSH)
+            return EventResult(offset, event.event_id, _STALE)
+        saved = sum(work.messages[i].tokens for i in present) - summary.tokens
+        if saved <= 0:
+            # Most of what it covered was evicted meanwhile: it would not make memory smaller.
+            return EventResult(offset, event.event_id, _STALE)
         if summary.id in work.ids and summary.id not in covered:
             return self._reject(
                 offset,
@@ -310,7 +350,6 @@ class TokenMemoryManager:
         work.messages.insert(position, stored)
         work.ids.add(stored.id)
         work.totals[Category.LONG_TERM] += stored.tokens
-        saved = sum(m.tokens for m in removed) - stored.tokens
         work.last_flush_at_ms = event.created_at_ms
         work.last_tokens_saved = saved
         work.tokens_saved_total += saved

@@ -148,10 +148,15 @@ MemoryEvent = MessageAppended | MemoryCleared | FlushRequested | MemoryFlushed
 
 
 class LoggedEvent(Value, frozen=True):
-    """An event at its position (partition offset) in the log."""
+    """An event at its position (partition offset) in the log.
+
+    ``at_ms`` is the event's ``occurred_at`` in ms since the epoch: the only time the manager
+    reads (to retry a pending flush), so the state never depends on when a log is applied.
+    """
 
     offset: int
     event: MemoryEvent
+    at_ms: int = 0
 
 
 class MemoryState(Value, frozen=True):
@@ -165,12 +170,15 @@ class MemoryState(Value, frozen=True):
     # Offset of the event whose apply requested the pending flush: its redelivery re-requests
     # the flush, so a crash between the state write and the flush command loses nothing.
     flush_offset: int = -1
+    # ``at_ms`` of the event that last requested the pending flush (None: stored before this
+    # was recorded); the flush is requested again once an event is ``retry_after`` later.
+    flush_requested_at_ms: int | None = None
     last_flush_at_ms: int | None = None
     last_tokens_saved: int = 0
     tokens_saved_total: int = 0
-    # The last rejected events as (offset, reason): a redelivered rejected event is rejected
-    # (dead-lettered) again, so a crash between the state write and the dead-letter send
-    # loses nothing.
+    # The last rejected or duplicate-id events as (offset, reason): a redelivered rejected
+    # event is rejected (dead-lettered) again, so a crash between the state write and the
+    # dead-letter send loses nothing; "duplicate_id" entries let a writer find its duplicate.
     recent_rejections: tuple[tuple[int, str], ...] = ()
 
     def tokens(self, category: Category | None = None) -> int:
@@ -208,6 +216,9 @@ class Snapshot(Value, frozen=True):
     lock_holder: str | None
     lock_ttl_ms: int | None
     key_ttl_ms: int | None
+    # The memory's home, "<topic>:<partition>" (None: never written from a partition).
+    home: str | None = None
+    flush_requested_at_ms: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -222,6 +233,7 @@ class Snapshot(Value, frozen=True):
             flush_seq=self.flush_seq,
             flush_pending=self.flush_pending,
             flush_offset=self.flush_offset,
+            flush_requested_at_ms=self.flush_requested_at_ms,
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,

@@ -61,6 +61,9 @@ def state_meta(
         "flush_seq": str(state.flush_seq),
         "flush_pending": "1" if state.flush_pending else "0",
         "flush_offset": str(state.flush_offset),
+        "flush_requested_at_ms": ""
+        if state.flush_requested_at_ms is None
+        else str(state.flush_requested_at_ms),
         "last_flush_at_ms": "" if state.last_flush_at_ms is None else str(state.last_flush_at_ms),
         "last_tokens_saved": str(state.last_tokens_saved),
         "tokens_saved_total": str(state.tokens_saved_total),
@@ -88,6 +91,7 @@ def state_from(
         flush_seq=int(meta.get("flush_seq", 0)),
         flush_pending=meta.get("flush_pending", "0") == "1",
         flush_offset=int(meta.get("flush_offset", -1)),
+        flush_requested_at_ms=_opt_int(meta.get("flush_requested_at_ms")),
         last_flush_at_ms=_opt_int(meta.get("last_flush_at_ms")),
         last_tokens_saved=int(meta.get("last_tokens_saved", 0)),
         tokens_saved_total=int(meta.get("tokens_saved_total", 0)),

@@ -157,6 +157,9 @@ def test_threshold_above_one_names_the_bound() -> None:
         ({"summarize_oldest_percent": 1.2}, "flushing.summarize_oldest_percent"),
         ({"summary_recent_messages": -1}, "flushing.summary_recent_messages"),
         ({"summary_tokens": 0}, "flushing.summary_tokens"),
+        ({"retry_after": 0}, "flushing.retry_after"),
+        ({"retry_after": "0ms"}, "flushing.retry_after"),
+        ({"retry_after": "soon"}, "flushing.retry_after"),
     ],
 )
 def test_flushing_settings_out_of_range_are_refused(flushing: dict[str, Any], field: str) -> None:
@@ -273,6 +276,14 @@ def test_malformed_duration_is_refused_naming_the_field(text: str) -> None:
     assert list(errors) == ["persistence.ttl"]
 
 
+def test_flush_retry_after_defaults_to_five_minutes_and_takes_durations() -> None:
+    assert parse_config(_config()).flushing.retry_after == timedelta(minutes=5)
+    flushing = parse_config(_config(flushing={"retry_after": "90s"})).flushing
+    assert flushing.retry_after == timedelta(seconds=90)
+    flushing = parse_config(_config(flushing={"retry_after": "1ms"})).flushing
+    assert flushing.retry_after == timedelta(milliseconds=1)
+
+
 def test_memory_ttl_below_one_second_is_refused() -> None:
     errors = _errors(_config(persistence={"ttl": "999ms"}))
     assert "at least 1s" in errors["persistence.ttl"]
@@ -340,6 +351,7 @@ def test_fingerprint_of_spelled_out_defaults_equals_the_short_form() -> None:
             model="gpt-4o",
             token_allocation={"system": 0.1, "short_term": 0.7, "long_term": 0.2},
             persistence={"ttl": "7d"},
+            flushing={"retry_after": "5m"},
         )
     )
     assert short.fingerprint() == spelled.fingerprint()
@@ -351,6 +363,7 @@ def test_fingerprint_of_spelled_out_defaults_equals_the_short_form() -> None:
         {"max_tokens": 1001},
         {"max_messages": 10},
         {"flushing": {"threshold": 0.5}},
+        {"flushing": {"retry_after": "10m"}},
         {"persistence": {"ttl": "1d"}},
         {"privacy": {"redact_patterns": ["x"]}},
         {"encoding": "cl100k_base"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 
@@ -36,9 +37,16 @@ def _apply(
     state: MemoryState | None = None,
     threshold: float = 1.0,
     id_window: int = 256,
+    retry_after: timedelta = timedelta(minutes=5),
 ) -> ApplyResult:
-    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=id_window)
+    manager = TokenMemoryManager(
+        b, flush_threshold=threshold, id_window=id_window, flush_retry_after=retry_after
+    )
     return manager.apply(state or MemoryState(), events)
+
+
+def _at(at_ms: int, offset: int, event: MemoryEvent) -> LoggedEvent:
+    return LoggedEvent(offset, event, at_ms)
 
 
 def _users(n: int, tokens: int = 10, prefix: str = "u") -> list[Message]:
@@ -365,14 +373,115 @@ def test_fully_stale_flush_result_changes_no_message_but_clears_its_pending_flag
     assert result.state.tokens_saved_total == 0
 
 
-def test_flush_result_of_an_older_sequence_keeps_the_newer_flush_pending() -> None:
+def test_flush_result_of_an_older_sequence_is_stale_and_keeps_the_newer_flush_pending() -> None:
     start = _pending(_users(4), seq=2)
     result = _apply(
         budget(), log(flushed(1, summary("s", 4, ["u0", "u1"])), start=100), state=start
     )
-    assert _ids(result.state.messages) == ["s", "u2", "u3"]
+    [r] = result.results
+    assert (r.outcome, r.reason) == (Outcome.STALE_FLUSH, None)
+    assert result.state.messages == start.messages
+    assert (result.state.flush_seq, result.state.flush_pending) == (2, True)
+    assert result.state.recent_rejections == ()
+    assert result.state.tokens_saved_total == 0
+
+
+def test_empty_flush_result_of_an_older_sequence_is_stale() -> None:
+    result = _apply(budget(), log(flushed(1, None), start=100), state=_pending(_users(3), seq=2))
+    assert result.results[0].outcome is Outcome.STALE_FLUSH
     assert result.state.flush_pending is True
-    assert result.state.flush_seq == 2
+
+
+def test_flush_result_after_its_flush_ended_is_stale() -> None:
+    # The memory was cleared (or the result already applied): the flush is no longer pending.
+    start = replace(_pending(_users(4)), flush_pending=False)
+    result = _apply(
+        budget(), log(flushed(1, summary("s", 4, ["u0", "u1"])), start=100), state=start
+    )
+    assert result.results[0].outcome is Outcome.STALE_FLUSH
+    assert result.state.messages == start.messages
+    assert result.state.last_flush_at_ms is None
+    assert result.state.recent_rejections == ()
+
+
+def test_flush_result_arriving_after_a_clear_changes_nothing() -> None:
+    events: list[MemoryEvent] = [
+        *(appended(m) for m in _users(5)),  # requests flush 1 at offset 4
+        cleared(),
+        *(appended(m) for m in _users(2, prefix="v")),
+        flushed(1, summary("s", 4, ["u0", "u1", "v0"])),
+    ]
+    result = _apply(budget(short_term=100), log(*events), threshold=0.5)
+    assert result.results[-1].outcome is Outcome.STALE_FLUSH
+    assert _ids(result.state.messages) == ["v0", "v1"]
+    assert result.flush_requests == (1,)
+
+
+@pytest.mark.parametrize("summary_msg", [summary("s", 4, ["u0"]), None])
+def test_flush_result_for_a_sequence_never_requested_is_rejected(
+    summary_msg: Message | None,
+) -> None:
+    start = _pending(_users(3), seq=1)
+    result = _apply(budget(), log(flushed(2, summary_msg), start=100), state=start)
+    [r] = result.results
+    assert (r.outcome, r.reason) == (Outcome.REJECTED, DeadLetterReason.UNREQUESTED_FLUSH)
+    assert result.state.messages == start.messages
+    assert (result.state.flush_seq, result.state.flush_pending) == (1, True)
+    assert result.state.recent_rejections == ((100, "unrequested_flush"),)
+    assert result.state.last_offset == 100
+    assert result.state.recent_event_ids == (r.event_id,)
+
+
+def test_redelivered_unrequested_flush_is_rejected_again() -> None:
+    start = MemoryState(messages=tuple(_users(3)), last_offset=99)
+    event = flushed(1, summary("s", 4, ["u0"]))
+    result = _apply(budget(), [LoggedEvent(100, event), LoggedEvent(100, event)], state=start)
+    assert [(r.reason, r.redelivered) for r in result.results] == [
+        (DeadLetterReason.UNREQUESTED_FLUSH, False),
+        (DeadLetterReason.UNREQUESTED_FLUSH, True),
+    ]
+    assert result.state.recent_rejections == ((100, "unrequested_flush"),)
+
+
+@pytest.mark.parametrize("summary_tokens", [10, 12])
+def test_flush_result_saving_no_tokens_is_stale_and_only_ends_the_flush(
+    summary_tokens: int,
+) -> None:
+    # The flush covered u0..u2; u0 and u1 were evicted before its result arrived: replacing the
+    # 10 tokens of u2 by a summary of 10 or more tokens would not make the memory smaller.
+    start = replace(
+        _pending([message("u2", Role.USER, 10), message("u3", Role.USER, 10)]),
+        last_tokens_saved=3,
+        tokens_saved_total=30,
+        last_flush_at_ms=5,
+    )
+    event = flushed(1, summary("s", summary_tokens, ["u0", "u1", "u2"]), created_at_ms=777)
+    result = _apply(budget(), log(event, start=100), state=start)
+    [r] = result.results
+    assert (r.outcome, r.reason, r.tokens_saved, r.evicted) == (
+        Outcome.STALE_FLUSH,
+        None,
+        0,
+        (),
+    )
+    state = result.state
+    assert state.messages == start.messages
+    assert state.flush_pending is False
+    assert (state.last_flush_at_ms, state.last_tokens_saved, state.tokens_saved_total) == (
+        5,
+        3,
+        30,
+    )
+    assert state.recent_rejections == ()
+
+
+def test_flush_result_saving_one_token_is_applied() -> None:
+    start = _pending([message("u2", Role.USER, 10), message("u3", Role.USER, 10)])
+    event = flushed(1, summary("s", 9, ["u0", "u1", "u2"]))
+    result = _apply(budget(), log(event, start=100), state=start)
+    assert result.results[0].tokens_saved == 1
+    assert _ids(result.state.messages) == ["s", "u3"]
+    assert result.state.last_tokens_saved == 1
 
 
 def test_flush_result_without_summary_only_clears_the_pending_flag() -> None:
@@ -394,6 +503,9 @@ def test_summary_over_the_long_term_budget_is_rejected() -> None:
     assert (r.outcome, r.reason) == (Outcome.REJECTED, DeadLetterReason.OVERSIZED_MESSAGE)
     assert result.state.messages == start.messages
     assert result.state.tokens_saved_total == 0
+    # The pending flush ended (badly): it is no longer pending.
+    assert result.state.flush_pending is False
+    assert result.state.recent_rejections == ((100, "oversized_message"),)
 
 
 def test_flush_result_runs_eviction_on_the_long_term_budget() -> None:
@@ -540,6 +652,45 @@ def test_rejected_event_still_records_its_offset_and_id() -> None:
     assert result.state.last_offset == 8
 
 
+def test_a_duplicate_event_id_is_recorded_among_recent_rejections() -> None:
+    event = appended(message("u0", Role.USER, 5), "e0")
+    result = _apply(budget(), [LoggedEvent(1, event), LoggedEvent(4, event)])
+    assert [r.outcome for r in result.results] == [Outcome.APPLIED, Outcome.DUPLICATE_ID]
+    assert result.results[1].reason is None
+    assert result.state.recent_rejections == ((4, "duplicate_id"),)
+
+
+def test_a_redelivered_duplicate_is_a_duplicate_offset_not_a_rejection() -> None:
+    event = appended(message("u0", Role.USER, 5), "e0")
+    bad = appended(message("big", Role.USER, 500), "bad")
+    first = _apply(
+        budget(short_term=10), [LoggedEvent(1, event), LoggedEvent(4, event), LoggedEvent(6, bad)]
+    )
+    again = _apply(
+        budget(short_term=10),
+        [LoggedEvent(1, event), LoggedEvent(4, event), LoggedEvent(6, bad)],
+        state=first.state,
+    )
+    assert [(r.outcome, r.reason) for r in again.results] == [
+        (Outcome.DUPLICATE_OFFSET, None),
+        (Outcome.DUPLICATE_OFFSET, None),
+        (Outcome.REJECTED, DeadLetterReason.OVERSIZED_MESSAGE),
+    ]
+    assert again.state == first.state
+    assert again.state.recent_rejections == ((4, "duplicate_id"), (6, "oversized_message"))
+
+
+def test_duplicates_and_rejections_share_the_window_of_the_last_64() -> None:
+    event = cleared("e0")
+    big = message("big", Role.USER, 500)
+    events = [LoggedEvent(0, event)]
+    events += [LoggedEvent(i, event if i % 2 else appended(big, f"bad{i}")) for i in range(1, 101)]
+    state = _apply(budget(short_term=10), events).state
+    assert state.recent_rejections == tuple(
+        (i, "duplicate_id" if i % 2 else "oversized_message") for i in range(37, 101)
+    )
+
+
 def test_duplicate_skip_reports_nothing_evicted() -> None:
     event = appended(message("u0", Role.USER, 30), "e0")
     result = _apply(budget(short_term=30), [LoggedEvent(1, event), LoggedEvent(1, event)])
@@ -613,7 +764,13 @@ def test_flush_result_clearing_the_flag_lets_the_next_crossing_request_again() -
 
 
 def test_flush_result_of_an_older_sequence_does_not_allow_a_new_request() -> None:
-    start = MemoryState(messages=tuple(_users(8)), last_offset=9, flush_seq=3, flush_pending=True)
+    start = MemoryState(
+        messages=tuple(_users(8)),
+        last_offset=9,
+        flush_seq=3,
+        flush_pending=True,
+        flush_requested_at_ms=0,
+    )
     events = log(flushed(2, None), appended(message("x", Role.USER, 10)), start=10)
     result = _apply(budget(short_term=100), events, state=start, threshold=0.5)
     assert result.flush_requests == ()
@@ -684,6 +841,172 @@ def test_redelivery_after_the_flush_finished_requests_nothing() -> None:
     replay = log(*(appended(m) for m in _users(5)))
     again = _apply(budget(short_term=100), replay, state=done.state, threshold=0.5)
     assert again.flush_requests == ()
+
+
+def test_redelivering_a_rejected_event_that_requested_the_flush_requests_it_again() -> None:
+    # A lowered threshold made a rejected event request the flush; the command was lost.
+    start = MemoryState(messages=tuple(_users(5)), last_offset=4)
+    bad = LoggedEvent(5, appended(message("big", Role.USER, 500), "bad"))
+    first = _apply(budget(short_term=100), [bad], state=start, threshold=0.5)
+    assert (first.flush_requests, first.state.flush_offset) == ((1,), 5)
+    again = _apply(budget(short_term=100), [bad], state=first.state, threshold=0.5)
+    assert again.results[0].reason is DeadLetterReason.OVERSIZED_MESSAGE
+    assert again.results[0].redelivered
+    assert again.flush_requests == (1,)
+    assert again.state == first.state
+
+
+# --- retrying a pending flush -------------------------------------------------------------------
+
+_MINUTE = 60_000
+
+
+def test_a_flush_request_records_the_time_of_the_requesting_event() -> None:
+    events = [_at(1_000 + i, i, appended(m)) for i, m in enumerate(_users(5))]
+    state = _apply(budget(short_term=100), events, threshold=0.5).state
+    assert (state.flush_seq, state.flush_offset, state.flush_requested_at_ms) == (1, 4, 1_004)
+
+
+def test_a_pending_flush_is_requested_again_once_retry_after_has_passed() -> None:
+    events = [_at(1_000, i, appended(m)) for i, m in enumerate(_users(5))]
+    events += [
+        _at(1_000 + _MINUTE - 1, 5, appended(message("x0", Role.USER, 1))),
+        _at(1_000 + _MINUTE, 6, appended(message("x1", Role.USER, 1))),
+        _at(1_000 + _MINUTE + 1, 7, appended(message("x2", Role.USER, 1))),
+    ]
+    result = _apply(
+        budget(short_term=100), events, threshold=0.5, retry_after=timedelta(minutes=1)
+    )
+    assert result.flush_requests == (1, 1)
+    state = result.state
+    assert (state.flush_seq, state.flush_pending) == (1, True)
+    assert (state.flush_offset, state.flush_requested_at_ms) == (6, 1_000 + _MINUTE)
+
+
+def test_a_retried_flush_is_retried_again_after_another_retry_after() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=3,
+        flush_pending=True,
+        flush_offset=9,
+        flush_requested_at_ms=0,
+    )
+    events = [_at(t, 10 + i, FlushRequested(f"r{i}")) for i, t in enumerate([10, 15, 19, 20, 31])]
+    result = _apply(budget(), events, state=start, retry_after=timedelta(milliseconds=10))
+    assert result.flush_requests == (3, 3, 3)
+    assert (result.state.flush_offset, result.state.flush_requested_at_ms) == (14, 31)
+
+
+def test_a_retry_fires_on_any_event_past_the_offset_check() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        recent_event_ids=("seen",),
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=9,
+        flush_requested_at_ms=0,
+    )
+    retry = timedelta(milliseconds=1)
+    cases: list[tuple[MemoryEvent, Outcome]] = [
+        (cleared("seen"), Outcome.DUPLICATE_ID),
+        (appended(message("big", Role.USER, 500)), Outcome.REJECTED),
+        (flushed(0, None), Outcome.STALE_FLUSH),
+        (flushed(5, None), Outcome.REJECTED),
+    ]
+    for event, outcome in cases:
+        result = _apply(budget(), [_at(1, 10, event)], state=start, retry_after=retry)
+        assert result.results[0].outcome is outcome
+        assert result.flush_requests == (1,), event
+        assert (result.state.flush_offset, result.state.flush_requested_at_ms) == (10, 1)
+
+
+def test_a_redelivered_event_never_starts_a_retry() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=3,
+        flush_requested_at_ms=0,
+    )
+    event = _at(10 * _MINUTE, 8, appended(message("late", Role.USER, 1)))
+    result = _apply(budget(), [event], state=start)
+    assert result.results[0].outcome is Outcome.DUPLICATE_OFFSET
+    assert result.flush_requests == ()
+    assert result.state == start
+
+
+def test_redelivering_the_retrying_event_requests_the_flush_again() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=3,
+        flush_requested_at_ms=0,
+    )
+    event = _at(10 * _MINUTE, 10, FlushRequested("r"))
+    first = _apply(budget(), [event], state=start)
+    assert first.flush_requests == (1,)
+    again = _apply(budget(), [event], state=first.state)
+    assert again.results[0].outcome is Outcome.DUPLICATE_OFFSET
+    assert again.flush_requests == (1,)
+    assert again.state == first.state
+
+
+def test_the_result_that_ends_the_flush_does_not_retry_it() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=3,
+        flush_requested_at_ms=0,
+    )
+    result = _apply(budget(), [_at(10 * _MINUTE, 10, flushed(1, None))], state=start)
+    assert result.flush_requests == ()
+    assert result.state.flush_pending is False
+    assert result.state.flush_requested_at_ms == 0
+
+
+def test_event_times_before_the_request_never_retry() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=9,
+        flush_requested_at_ms=10 * _MINUTE,
+    )
+    events = [_at(t, 10 + i, FlushRequested(f"r{i}")) for i, t in enumerate([0, 5 * _MINUTE])]
+    assert _apply(budget(), events, state=start).flush_requests == ()
+
+
+def test_a_pending_flush_without_a_request_time_is_requested_again_at_the_next_event() -> None:
+    # Stored by a version that did not record when the flush was requested.
+    start = MemoryState(
+        messages=tuple(_users(2)), last_offset=9, flush_seq=2, flush_pending=True, flush_offset=4
+    )
+    assert start.flush_requested_at_ms is None
+    result = _apply(budget(), [_at(0, 10, FlushRequested("r"))], state=start)
+    assert result.flush_requests == (2,)
+    assert (result.state.flush_offset, result.state.flush_requested_at_ms) == (10, 0)
+
+
+def test_a_clear_keeps_the_request_time_of_the_ended_flush() -> None:
+    start = MemoryState(
+        messages=tuple(_users(2)),
+        last_offset=9,
+        flush_seq=1,
+        flush_pending=True,
+        flush_offset=9,
+        flush_requested_at_ms=7,
+    )
+    result = _apply(budget(), [_at(10 * _MINUTE, 10, cleared())], state=start)
+    assert result.flush_requests == ()
+    assert (result.state.flush_pending, result.state.flush_requested_at_ms) == (False, 7)
 
 
 def test_applying_a_log_twice_from_the_same_state_gives_the_same_result() -> None:

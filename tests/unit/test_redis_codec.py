@@ -1,4 +1,4 @@
-"""Message bodies as stored in Redis: the stored format, round trips, and older bodies."""
+"""Messages and state as stored in Redis: the stored format, round trips, and older formats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memory_core import Kind, Message, Role, ToolCall
-from memory_core.models import NO_METADATA, Category
-from memory_core.redis.codec import decode_message, encode_message, encode_messages
+from memory_core.models import NO_METADATA, Category, MemoryState
+from memory_core.redis.codec import (
+    decode_message,
+    encode_message,
+    encode_messages,
+    state_from,
+    state_meta,
+)
 
 _text = st.text(max_size=30)
 _ids = st.text(min_size=1, max_size=12)
@@ -122,3 +128,35 @@ def test_a_stored_category_is_derived_again_on_read() -> None:
 def test_a_malformed_body_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError):
         decode_message(b'{"id":"a","role":"user","content":"x","tokens":"many","ts":0}')
+
+
+# --- the meta hash ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested_at", [None, 0, 1_700_000_000_123])
+def test_a_state_reads_back_from_its_meta_as_it_was_stored(requested_at: int | None) -> None:
+    m = Message("m1", Role.USER, "hi", 3, 5)
+    state = MemoryState(
+        messages=(m,),
+        last_offset=41,
+        recent_event_ids=("e1", "e2"),
+        flush_seq=3,
+        flush_pending=True,
+        flush_offset=40,
+        flush_requested_at_ms=requested_at,
+        last_flush_at_ms=17,
+        last_tokens_saved=9,
+        tokens_saved_total=90,
+        recent_rejections=((7, "oversized_message"), (8, "duplicate_id")),
+    )
+    meta = state_meta(state, {"config": "abc"})
+    assert meta["config"] == "abc"
+    assert meta["flush_requested_at_ms"] == ("" if requested_at is None else str(requested_at))
+    assert state_from(meta, (m,), ("e1", "e2")) == state
+
+
+def test_a_meta_written_before_flush_request_times_reads_as_unknown() -> None:
+    meta = state_meta(MemoryState(flush_seq=2, flush_pending=True, flush_requested_at_ms=5), {})
+    del meta["flush_requested_at_ms"]
+    state = state_from(meta, ())
+    assert (state.flush_seq, state.flush_pending, state.flush_requested_at_ms) == (2, True, None)
