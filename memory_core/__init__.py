@@ -32,6 +32,10 @@ from memory_core.instance import (
     AsyncSafeMemoryInstance,
     NoPublisherError,
     Page,
+    RejectedWriteError,
+    UnconfirmedWriteError,
+    WriteOutcome,
+    WriteOutcomeStatus,
     WriteTimeoutError,
 )
 from memory_core.keys import KeyTemplate, validate_memory_key
@@ -119,6 +123,7 @@ __all__ = [
     "PrivacyPolicy",
     "Published",
     "RejectedEventError",
+    "RejectedWriteError",
     "Role",
     "Snapshot",
     "StoreUnavailableError",
@@ -127,6 +132,9 @@ __all__ = [
     "TokenCounter",
     "TokenMemoryManager",
     "ToolCall",
+    "UnconfirmedWriteError",
+    "WriteOutcome",
+    "WriteOutcomeStatus",
     "WriteTimeoutError",
     "encoding_for_model",
     "flush_due",

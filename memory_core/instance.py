@@ -1,35 +1,227 @@
-"""AsyncSafeMemoryInstance: one memory as agents use it (reads: store; writes: the log)."""
+"""AsyncSafeMemoryInstance: one memory as agents use it (reads: store; writes: the log).
+
+A write publishes its events and, with ``wait``, reports what the apply consumer did with
+them: one ``WriteOutcome`` per event (per message for appends). Rejected events raise
+``RejectedWriteError`` (a ``RejectedEventError``); events durable in the log whose fate could
+not be confirmed raise ``UnconfirmedWriteError``, to be retried with the same ids.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from memory_core.config import MemoryConfig
-from memory_core.errors import MemstreamError
+from memory_core.errors import (
+    DeadLetterReason,
+    MemstreamError,
+    RejectedEventError,
+    StoreUnavailableError,
+)
+from memory_core.eviction import REJECTION_WINDOW, Outcome
 from memory_core.health import MemoryHealth, budget_by_category
 from memory_core.keys import validate_memory_key
-from memory_core.models import Draft, Message, Role, ToolCall
-from memory_core.ports import Clock, EventPublisher, MemoryStore, SystemClock
+from memory_core.models import Draft, Message, Role, Snapshot, ToolCall
+from memory_core.ports import Clock, EventPublisher, MemoryStore, Published, SystemClock
+from memory_core.privacy import PrivacyPolicy
+
+DEFAULT_WAIT = timedelta(seconds=10)
+
+
+class WriteOutcomeStatus(StrEnum):
+    """What became of one written event."""
+
+    APPLIED = "applied"
+    # The event id was seen before: an earlier attempt with this id was processed (its
+    # outcome stands); this copy changed nothing.
+    DUPLICATE = "duplicate"
+    # Dead-lettered with ``reason``; only found in ``RejectedWriteError.outcomes``.
+    REJECTED = "rejected"
+    # Durable in the log, not (yet) known to be applied: not waited for, or not confirmed.
+    PUBLISHED = "published"
+    # Dropped by the memory's privacy policy (a non-persistable role): never published.
+    NOT_PERSISTED = "not_persisted"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The outcome of one event of a write, and where it landed in the log.
+
+    ``message_id`` is set for appends; the position (``event_id``, ``topic``, ``partition``,
+    ``offset``) for every published event (None when ``NOT_PERSISTED``).
+    """
+
+    status: WriteOutcomeStatus
+    event_id: str | None = None
+    message_id: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    reason: DeadLetterReason | None = None
+    detail: str = ""
+
+    @classmethod
+    def published(cls, where: Published, message_id: str | None = None) -> WriteOutcome:
+        """A ``PUBLISHED`` outcome at ``where``."""
+        return cls(
+            WriteOutcomeStatus.PUBLISHED,
+            event_id=where.event_id,
+            message_id=message_id,
+            topic=where.topic,
+            partition=where.partition,
+            offset=where.offset,
+        )
+
+    @property
+    def position(self) -> str:
+        """``partition:offset``, or ``-`` when never published."""
+        return "-" if self.offset is None else f"{self.partition}:{self.offset}"
+
+    def describe(self) -> str:
+        """``message M (event E at P:O)``, the parts that are known."""
+        parts = [] if self.message_id is None else [f"message {self.message_id}"]
+        if self.event_id is not None:
+            event = f"event {self.event_id} at {self.position}"
+            parts.append(f"({event})" if parts else event)
+        return " ".join(parts) or "nothing"
+
+
+_REASONS: dict[DeadLetterReason, str] = {
+    DeadLetterReason.OVERSIZED_MESSAGE: "it costs more tokens than its category's budget",
+    DeadLetterReason.DUPLICATE_MESSAGE_ID: "a message with its id is already in memory",
+    DeadLetterReason.ORPHAN_TOOL_RESULT: (
+        "it answers a tool call no assistant message in memory made"
+    ),
+}
+
+
+def settle_outcome(
+    outcome: WriteOutcome,
+    recent_rejections: Sequence[tuple[int, str]],
+    *,
+    window: int = REJECTION_WINDOW,
+) -> WriteOutcome:
+    """What became of a published event, once its memory applied up to its offset.
+
+    ``recent_rejections`` is the memory's window of skipped and rejected events, as
+    ``(offset, reason)``, oldest first, at most ``window`` long. Listed with a dead-letter
+    reason: rejected; with ``duplicate_id``: duplicate; absent: applied, unless the window is
+    full and starts after the offset (the entry may have left it): then the outcome is
+    unknown and stays ``PUBLISHED``.
+    """
+    offset = outcome.offset
+    if offset is None or outcome.status is not WriteOutcomeStatus.PUBLISHED:
+        return outcome
+    for at, reason in recent_rejections:
+        if at != offset:
+            continue
+        if reason == Outcome.DUPLICATE_ID.value:
+            return dataclasses.replace(outcome, status=WriteOutcomeStatus.DUPLICATE)
+        try:
+            why = DeadLetterReason(reason)
+        except ValueError:  # a reason newer than this code: rejected, but for what?
+            return dataclasses.replace(outcome, detail=f"recorded as {reason!r}")
+        return dataclasses.replace(
+            outcome,
+            status=WriteOutcomeStatus.REJECTED,
+            reason=why,
+            detail=_REASONS.get(why, "see its dead-letter record"),
+        )
+    if len(recent_rejections) >= window and min(at for at, _ in recent_rejections) > offset:
+        return dataclasses.replace(
+            outcome, detail=f"its offset left the window of the last {window} rejections"
+        )
+    return dataclasses.replace(outcome, status=WriteOutcomeStatus.APPLIED)
 
 
 class NoPublisherError(MemstreamError):
     """A write was attempted on an instance built without an event publisher."""
 
 
-class WriteTimeoutError(MemstreamError):
-    """The consumer did not apply a write within the wait timeout (the write is still logged)."""
+class UnconfirmedWriteError(MemstreamError):
+    """Events durable in the log whose application could not be confirmed.
+
+    Nothing is lost: the consumer applies them in log order. Retry with the same message
+    ids and event ids (``outcomes``) to learn the outcome: the consumer skips a repeated
+    event id, so the retry is applied at most once and reports ``duplicate``.
+    ``message_id``, ``event_id``, ``topic``, ``partition`` and ``offset`` are those of the
+    first unconfirmed event.
+    """
 
     retriable = True
 
-    def __init__(self, memory_key: str, offset: int, timeout: timedelta) -> None:
-        super().__init__(
-            f"{memory_key}: offset {offset} not applied within {timeout.total_seconds():g}s"
-        )
+    def __init__(self, memory_key: str, outcomes: Sequence[WriteOutcome], *, why: str) -> None:
         self.memory_key = memory_key
+        self.outcomes = tuple(outcomes)
+        self.why = why
+        first = self.outcomes[0] if self.outcomes else WriteOutcome(WriteOutcomeStatus.PUBLISHED)
+        self.message_id = first.message_id
+        self.event_id = first.event_id
+        self.topic = first.topic
+        self.partition = first.partition
+        self.offset = first.offset
+        if not self.outcomes:
+            super().__init__(f"{memory_key}: {why}")
+            return
+        more = f" and {len(self.outcomes) - 1} more" if len(self.outcomes) > 1 else ""
+        ids = "message id and event id" if first.message_id is not None else "event id"
+        super().__init__(
+            f"{memory_key}: {first.describe()}{more} is durable in the log, but its "
+            f"application was not confirmed: {why}; retry with the same {ids} "
+            "(it is applied at most once)"
+        )
+
+    @property
+    def event_ids(self) -> list[str]:
+        """The event ids to reuse in the retry, in order."""
+        return [o.event_id for o in self.outcomes if o.event_id is not None]
+
+
+class WriteTimeoutError(UnconfirmedWriteError):
+    """The consumer did not apply a write within the wait timeout (the write is still logged)."""
+
+    def __init__(
+        self,
+        memory_key: str,
+        offset: int,
+        timeout: timedelta,
+        *,
+        outcomes: Sequence[WriteOutcome] = (),
+    ) -> None:
+        super().__init__(
+            memory_key,
+            outcomes,
+            why=f"offset {offset} not applied within {timeout.total_seconds():g}s",
+        )
         self.offset = offset
+        self.timeout = timeout
+
+
+class RejectedWriteError(RejectedEventError):
+    """Events of a write that were rejected (dead-lettered); ``outcomes`` holds every event's.
+
+    ``reason`` and ``detail`` are the first rejected event's; ``rejected`` lists them all.
+    """
+
+    def __init__(self, memory_key: str, outcomes: Sequence[WriteOutcome]) -> None:
+        self.memory_key = memory_key
+        self.outcomes = tuple(outcomes)
+        self.rejected = tuple(o for o in outcomes if o.status is WriteOutcomeStatus.REJECTED)
+        first = self.rejected[0]
+        assert first.reason is not None
+        detail = f"{first.describe()}: {first.detail}"
+        if len(self.outcomes) > 1:
+            listed = ", ".join(f"{o.message_id or o.event_id} {o.reason}" for o in self.rejected)
+            detail += f" ({len(self.rejected)} of {len(self.outcomes)} rejected: {listed})"
+        super().__init__(first.reason, detail)
+        self.message_id = first.message_id
+        self.event_id = first.event_id
+        self.partition = first.partition
+        self.offset = first.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +235,14 @@ class Page:
 
 
 class AsyncSafeMemoryInstance:
-    """One memory: reads go to the store; writes are events on the log (read-your-writes)."""
+    """One memory: reads go to the store; writes are events on the log (read-your-writes).
+
+    Every write takes ``wait``: None returns once its events are durable (status
+    ``published``); a duration waits until the consumer applied them and returns their
+    outcome (``applied`` or ``duplicate``), raising ``RejectedWriteError`` or
+    ``UnconfirmedWriteError``. Writes take the ids of an earlier attempt (``message_id``,
+    ``event_id``) so a retry after an unconfirmed write is applied at most once.
+    """
 
     def __init__(
         self,
@@ -59,6 +258,7 @@ class AsyncSafeMemoryInstance:
         self._store = store
         self._publisher = publisher
         self._clock = clock or SystemClock()
+        self._privacy = PrivacyPolicy(config.privacy)
 
     async def read(self) -> list[Message]:
         """Every message, oldest first."""
@@ -114,9 +314,13 @@ class AsyncSafeMemoryInstance:
         tool_call_id: str | None = None,
         tool_calls: Sequence[ToolCall] = (),
         message_id: str | None = None,
-        wait: timedelta | None = timedelta(seconds=10),
-    ) -> str:
-        """Publish one message; with ``wait``, return once it is applied. Returns its id."""
+        event_id: str | None = None,
+        wait: timedelta | None = DEFAULT_WAIT,
+    ) -> WriteOutcome:
+        """Publish one message; with ``wait``, wait until applied. Returns its outcome.
+
+        Raises ``RejectedWriteError`` or ``UnconfirmedWriteError`` (see the class).
+        """
         draft = Draft(
             id=message_id or uuid.uuid4().hex,
             role=Role(role),
@@ -127,41 +331,130 @@ class AsyncSafeMemoryInstance:
             tool_call_id=tool_call_id,
             tool_calls=tuple(tool_calls),
         )
-        await self.append_many([draft], wait=wait)
-        return draft.id
+        ids = None if event_id is None else [event_id]
+        [outcome] = await self.append_many([draft], wait=wait, event_ids=ids)
+        return outcome
 
     async def append_many(
-        self, drafts: Sequence[Draft], *, wait: timedelta | None = timedelta(seconds=10)
-    ) -> list[int]:
-        """Publish several messages in order; returns their log offsets."""
-        offsets = await self._require_publisher().append(self.memory_key, self.config.id, drafts)
-        if wait is not None and offsets:
-            await self.wait_applied(max(offsets), wait)
-        return offsets
+        self,
+        drafts: Sequence[Draft],
+        *,
+        wait: timedelta | None = DEFAULT_WAIT,
+        event_ids: Sequence[str] | None = None,
+    ) -> list[WriteOutcome]:
+        """Publish several messages in order; one outcome per draft, in the same order.
 
-    async def clear(self, *, wait: timedelta | None = timedelta(seconds=10)) -> int:
-        """Publish a clear of every message."""
-        offset = await self._require_publisher().clear(self.memory_key, self.config.id)
-        if wait is not None:
-            await self.wait_applied(offset, wait)
-        return offset
+        Drafts of a role the privacy policy never persists are not published
+        (``not_persisted``). ``event_ids`` (one per draft) reuse an earlier attempt's. With
+        ``wait``, every event is waited for before anything is raised: ``RejectedWriteError``
+        if any was rejected (its ``outcomes`` tell which were applied), else
+        ``UnconfirmedWriteError`` if any could not be confirmed.
+        """
+        publisher = self._require_publisher()
+        timeout = _checked(wait)
+        if event_ids is not None and len(event_ids) != len(drafts):
+            raise ValueError(f"{len(event_ids)} event ids for {len(drafts)} drafts")
+        ids = list(event_ids) if event_ids is not None else [uuid.uuid4().hex for _ in drafts]
+        kept = [i for i, d in enumerate(drafts) if self._privacy.persists(d.role)]
+        published = (
+            await publisher.append(
+                self.memory_key,
+                self.config.id,
+                [drafts[i] for i in kept],
+                event_ids=[ids[i] for i in kept],
+            )
+            if kept
+            else []
+        )
+        outcomes = [
+            WriteOutcome(
+                WriteOutcomeStatus.NOT_PERSISTED,
+                message_id=d.id,
+                detail=f"role {d.role.value} is never persisted by memory {self.config.id}",
+            )
+            for d in drafts
+        ]
+        for i, where in zip(kept, published, strict=True):
+            outcomes[i] = WriteOutcome.published(where, drafts[i].id)
+        return outcomes if timeout is None else await self._settle(outcomes, timeout)
 
-    async def flush(self, *, wait: timedelta | None = timedelta(seconds=10)) -> int:
-        """Request a flush now (it runs in the background as a workflow)."""
-        offset = await self._require_publisher().request_flush(self.memory_key, self.config.id)
-        if wait is not None:
-            await self.wait_applied(offset, wait)
-        return offset
+    async def clear(
+        self, *, wait: timedelta | None = DEFAULT_WAIT, event_id: str | None = None
+    ) -> WriteOutcome:
+        """Publish a clear of every message; returns its outcome (see ``append``)."""
+        timeout = _checked(wait)
+        where = await self._require_publisher().clear(
+            self.memory_key, self.config.id, event_id=event_id or uuid.uuid4().hex
+        )
+        return await self._settle_one(WriteOutcome.published(where), timeout)
+
+    async def flush(
+        self, *, wait: timedelta | None = DEFAULT_WAIT, event_id: str | None = None
+    ) -> WriteOutcome:
+        """Request a flush now; returns the request's outcome (see ``append``).
+
+        ``applied`` means the request was applied; the flush itself (when there is something
+        to summarize) runs in the background as a workflow.
+        """
+        timeout = _checked(wait)
+        where = await self._require_publisher().request_flush(
+            self.memory_key, self.config.id, event_id=event_id or uuid.uuid4().hex
+        )
+        return await self._settle_one(WriteOutcome.published(where), timeout)
 
     async def wait_applied(self, offset: int, timeout: timedelta) -> None:
         """Wait until the consumer has applied ``offset`` of this memory."""
+        if await self._applied(offset, timeout) is None:
+            raise WriteTimeoutError(self.memory_key, offset, timeout)
+
+    async def _settle_one(self, outcome: WriteOutcome, timeout: timedelta | None) -> WriteOutcome:
+        return outcome if timeout is None else (await self._settle([outcome], timeout))[0]
+
+    async def _settle(self, outcomes: list[WriteOutcome], timeout: timedelta) -> list[WriteOutcome]:
+        pending = [o for o in outcomes if o.offset is not None]
+        if not pending:
+            return outcomes
+        # One memory's events share its partition: the last offset settles them all.
+        last = max(o.offset for o in pending if o.offset is not None)
+        try:
+            snap = await self._applied(last, timeout, partition=pending[0].partition)
+        except StoreUnavailableError as exc:
+            raise UnconfirmedWriteError(
+                self.memory_key, pending, why=f"the store became unavailable ({exc})"
+            ) from exc
+        if snap is None:
+            raise WriteTimeoutError(self.memory_key, last, timeout, outcomes=pending)
+        home = _home_partition(snap)
+        settled = [
+            _wrong_partition(o, home)
+            if home is not None and o.offset is not None and o.partition != home
+            else settle_outcome(o, snap.recent_rejections)
+            for o in outcomes
+        ]
+        if any(o.status is WriteOutcomeStatus.REJECTED for o in settled):
+            raise RejectedWriteError(self.memory_key, settled)
+        unknown = [o for o in settled if o.status is WriteOutcomeStatus.PUBLISHED]
+        if unknown:
+            raise UnconfirmedWriteError(self.memory_key, unknown, why=unknown[0].detail)
+        return settled
+
+    async def _applied(
+        self, offset: int, timeout: timedelta, *, partition: int | None = None
+    ) -> Snapshot | None:
+        """The snapshot once the memory applied ``offset``; None if it did not in time."""
         deadline = self._clock.monotonic() + timeout.total_seconds()
         delay = 0.005
         while await self._store.applied_offset(self.memory_key) < offset:
             if self._clock.monotonic() >= deadline:
-                raise WriteTimeoutError(self.memory_key, offset, timeout)
+                # A last look: the memory may live in another partition (offsets then are not
+                # comparable), or have caught up meanwhile.
+                snap = await self._store.read(self.memory_key, start=0, stop=0)
+                home = _home_partition(snap)
+                moved = home is not None and partition is not None and home != partition
+                return snap if snap.last_offset >= offset or moved else None
             await self._clock.sleep(delay)
             delay = min(delay * 2, 0.2)
+        return await self._store.read(self.memory_key, start=0, stop=0)
 
     def _require_publisher(self) -> EventPublisher:
         if self._publisher is None:
@@ -170,3 +463,24 @@ class AsyncSafeMemoryInstance:
                 "build it with consumers.MemoryProducer to write"
             )
         return self._publisher
+
+
+def _checked(wait: timedelta | None) -> timedelta | None:
+    if wait is not None and wait < timedelta(0):
+        raise ValueError(f"wait must be None or >= 0, not {wait}")
+    return wait
+
+
+def _home_partition(snap: Snapshot) -> int | None:
+    # Snapshots carry the memory's home partition once the store records it.
+    home = getattr(snap, "home_partition", None)
+    return home if isinstance(home, int) and home >= 0 else None
+
+
+def _wrong_partition(outcome: WriteOutcome, home: int) -> WriteOutcome:
+    return dataclasses.replace(
+        outcome,
+        status=WriteOutcomeStatus.REJECTED,
+        reason=DeadLetterReason.WRONG_PARTITION,
+        detail=f"it landed in partition {outcome.partition}, the memory's home is {home}",
+    )
