@@ -8,6 +8,7 @@ from pathlib import Path
 from memory_core import (
     DeadLetterReason,
     EncodingRegistry,
+    KeyTemplate,
     MemoryConfig,
     MemoryPolicy,
     RejectedEventError,
@@ -34,7 +35,11 @@ class CatalogEntry:
 
 
 class MemoryCatalog:
-    """Memory resources by id; built once per process from the memories file."""
+    """Memory resources by id; built once per process from the memories file.
+
+    A memory key belongs to the first resource, in file order, whose key template renders it:
+    an event naming another resource for that key is refused (docs/semantics.md, "Keys").
+    """
 
     def __init__(self, configs: list[MemoryConfig], encodings: EncodingRegistry) -> None:
         self._entries = {
@@ -43,8 +48,11 @@ class MemoryCatalog:
             )
             for c in configs
         }
-        # (memory key, record key, memory id) already checked, with their entry.
-        self._checked: dict[tuple[str, bytes | None, str], CatalogEntry] = {}
+        self._templates = tuple((KeyTemplate(c.key), c) for c in configs)
+        # (memory key, record key, memory id) that passed every check, with their entry: a key
+        # sends many events, so each combination is checked once (until the memo fills up and
+        # starts over, which keeps it bounded without bookkeeping per hit).
+        self._checked: dict[tuple[str, bytes, str], CatalogEntry] = {}
 
     @classmethod
     def from_file(cls, path: Path, encodings: EncodingRegistry) -> MemoryCatalog:
@@ -56,31 +64,66 @@ class MemoryCatalog:
         return cls(load_configs(text), encodings)
 
     def entry_for(self, memory_key: str, record_key: bytes | None, memory_id: str) -> CatalogEntry:
-        """The entry of a record's memory, once its keys are checked.
+        """The entry of a record's memory, once its record key and memory key are checked.
 
-        Raises ``RejectedEventError`` (invalid key, key mismatch, unknown memory). A key sends
-        many events, so what passed is remembered (bounded).
+        Raises ``RejectedEventError``: ``key_mismatch`` (the record key is null or not the
+        memory key), ``invalid_key`` (an unsafe key, or one no template renders),
+        ``unknown_memory``, ``memory_mismatch`` (the key belongs to another resource).
         """
+        if record_key is None:
+            raise RejectedEventError(
+                DeadLetterReason.KEY_MISMATCH,
+                f"the record has no key; it must be the event's memory_key {_shown(memory_key)} "
+                "(the record key chooses the partition that orders the memory's events)",
+            )
         seen = (memory_key, record_key, memory_id)
         entry = self._checked.get(seen)
         if entry is not None:
             return entry
+        entry = self._check(memory_key, record_key, memory_id)
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.clear()
+        self._checked[seen] = entry
+        return entry
+
+    def resource_for_key(self, memory_key: str) -> MemoryConfig | None:
+        """The resource ``memory_key`` belongs to: the first whose template renders it."""
+        for template, config in self._templates:
+            if template.matches(memory_key):
+                return config
+        return None
+
+    def _check(self, memory_key: str, record_key: bytes, memory_id: str) -> CatalogEntry:
+        if record_key.decode("utf-8", "replace") != memory_key:
+            raise RejectedEventError(
+                DeadLetterReason.KEY_MISMATCH,
+                f"record key {_shown(record_key.decode('utf-8', 'replace'))} differs from the "
+                f"event's memory_key {_shown(memory_key)}",
+            )
         try:
             validate_memory_key(memory_key)
         except InvalidKeyError as exc:
             raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
-        if record_key is not None and record_key.decode("utf-8", "replace") != memory_key:
-            raise RejectedEventError(
-                DeadLetterReason.INVALID_KEY, "record key differs from the event's memory_key"
-            )
         entry = self._entries.get(memory_id)
         if entry is None:
             raise RejectedEventError(
-                DeadLetterReason.UNKNOWN_MEMORY, f"no memory resource {memory_id!r}"
+                DeadLetterReason.UNKNOWN_MEMORY,
+                f"no memory resource {_shown(memory_id)}; known: {', '.join(self._entries)}",
             )
-        if len(self._checked) >= _CHECKED_MAX:
-            self._checked.clear()
-        self._checked[seen] = entry
+        owner = self.resource_for_key(memory_key)
+        if owner is None:
+            raise RejectedEventError(
+                DeadLetterReason.INVALID_KEY,
+                f"memory key {_shown(memory_key)} matches no key template; keys of memory "
+                f"{memory_id!r} look like {entry.config.key!r}",
+            )
+        if owner.id != memory_id:
+            raise RejectedEventError(
+                DeadLetterReason.MEMORY_MISMATCH,
+                f"memory key {_shown(memory_key)} belongs to memory {owner.id!r} (template "
+                f"{owner.key!r}, the first in the memories file that matches it), but the "
+                f"event names {memory_id!r} (template {entry.config.key!r})",
+            )
         return entry
 
     def get(self, memory_id: str) -> CatalogEntry | None:
@@ -101,3 +144,8 @@ class MemoryCatalog:
     def ids(self) -> list[str]:
         """Known memory ids."""
         return list(self._entries)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a dead-letter detail: cut short, control characters escaped."""
+    return repr(text[:80]) + ("…" if len(text) > 80 else "")

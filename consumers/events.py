@@ -97,27 +97,50 @@ class Decoded(Value, frozen=True):
     event: MemoryEvent | None
 
 
+# occurred_at must fall in [2000-01-01T00:00:00Z, 2100-01-01T00:00:00Z): fixed bounds (not the
+# clock), so a replay of the log accepts exactly what the first run did.
+MIN_OCCURRED_AT_MS = 946_684_800_000
+MAX_OCCURRED_AT_MS = 4_102_444_800_000
+
+
 def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryCatalog) -> Decoded:
     """Validate a decoded record and build its domain event (redacted, token-counted).
 
-    Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply.
+    Raises ``RejectedEventError`` with the dead-letter reason for anything that can never apply,
+    in the order of docs/semantics.md, "Validation".
     """
     memory_key = record.get("memory_key", "")
     entry = catalog.entry_for(memory_key, record_key, record.get("memory_id", ""))
+    at = record["occurred_at"]
+    if at.__class__ is not int:
+        at = _ms(at)
+    if not MIN_OCCURRED_AT_MS <= at < MAX_OCCURRED_AT_MS:
+        raise RejectedEventError(
+            DeadLetterReason.INVALID_TIMESTAMP,
+            f"occurred_at {at} ms ({_iso(at)}) is outside [2000-01-01T00:00:00Z, "
+            "2100-01-01T00:00:00Z)",
+        )
     event_id = record["event_id"]
     kind, body = record["payload"]
     try:
         if kind == APPENDED:
-            return Decoded(memory_key, entry, _appended(event_id, body, record, entry))
+            return Decoded(memory_key, entry, _appended(event_id, body, at, entry))
         if kind == CLEARED:
             return Decoded(memory_key, entry, MemoryCleared(event_id))
         if kind == FLUSH_REQUESTED:
             return Decoded(memory_key, entry, FlushRequested(event_id))
         if kind == FLUSHED:
-            return Decoded(memory_key, entry, _flushed(event_id, body, record, entry))
+            return Decoded(memory_key, entry, _flushed(event_id, body, at, entry))
     except (KeyError, ValueError, TypeError) as exc:
         raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"{kind}: {exc}") from None
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")
+
+
+def _iso(ms: int) -> str:
+    try:
+        return (_EPOCH + ms * _MILLISECOND).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return "beyond the years datetime represents"
 
 
 _ROLES = {r.value: r for r in Role}
@@ -125,7 +148,7 @@ _TOOL, _MESSAGE = Role.TOOL, Kind.MESSAGE  # module names: cheaper per event on 
 
 
 def _appended(
-    event_id: str, body: dict[str, Any], record: dict[str, Any], entry: CatalogEntry
+    event_id: str, body: dict[str, Any], at: int, entry: CatalogEntry
 ) -> MessageAppended | None:
     # The hot path of the consumer: positional construction, dict lookups over enum calls.
     role = _ROLES.get(body["role"])
@@ -134,43 +157,48 @@ def _appended(
     message_id = body["id"]
     if not message_id:
         raise ValueError("message id is empty")
-    privacy = entry.policy.privacy
-    if role in privacy.blocked:  # privacy.persists(role), inline: checked for every event
-        return None
     tool_call_id = body.get("tool_call_id")
     if role is _TOOL and not tool_call_id:
         raise ValueError("a tool message needs tool_call_id")
-    name = body.get("name")
+    privacy = entry.policy.privacy
+    # Checked after the rules above, so an invalid event is refused whatever the privacy rules.
+    if role in privacy.blocked:  # privacy.persists(role), inline: checked for every event
+        return None
+    name = body.get("name") or None  # an empty name is absent (the API refuses one)
     raw_calls = body.get("tool_calls")
     calls = (
         tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in raw_calls) if raw_calls else ()
     )
     content = body["content"]
+    metadata = body.get("metadata") or NO_METADATA
     if privacy.redacts:
         content = privacy.redact(content)
+        name = privacy.redact_name(name)
+        metadata = privacy.redact_metadata(metadata)
+        calls = privacy.redact_calls(calls)
     message = Message(
         message_id,
         role,
         content,
         entry.counter.message_tokens(body["role"], content, name, calls),
-        _ms(record["occurred_at"]),
+        at,
         _MESSAGE,
         name,
-        body.get("metadata") or NO_METADATA,
+        metadata,
         tool_call_id,
         calls,
     )
     return MessageAppended(event_id, message)
 
 
-def _flushed(
-    event_id: str, body: dict[str, Any], record: dict[str, Any], entry: CatalogEntry
-) -> MemoryFlushed:
-    at = _ms(record["occurred_at"])
+def _flushed(event_id: str, body: dict[str, Any], at: int, entry: CatalogEntry) -> MemoryFlushed:
     raw = body.get("summary")
     summary = None
     if raw is not None:
-        content = entry.policy.privacy.redact(raw["content"])
+        privacy = entry.policy.privacy
+        content = raw["content"]
+        if privacy.redacts:
+            content = privacy.redact(content)
         summary = Message(
             id=raw["id"],
             role=Role.SYSTEM,

@@ -40,7 +40,7 @@ def validate_memory_key(key: str) -> str:
 class KeyTemplate:
     """A key template such as ``agent:{agent_id}:user:{user_id}``."""
 
-    __slots__ = ("_parts", "fields", "template")
+    __slots__ = ("_parts", "_regex", "fields", "template")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -66,6 +66,7 @@ class KeyTemplate:
         self.fields = tuple(dict.fromkeys(f for _, f in parts if f is not None))
         if not self.fields and not template:
             raise InvalidKeyError("key template is empty", value=template)
+        self._regex = _template_regex(self._parts)
 
     def render(self, **context: str) -> str:
         """Render the key; every value is checked so it cannot escape its slot."""
@@ -81,8 +82,40 @@ class KeyTemplate:
                 out.append(_check_value(field, context[field]))
         return validate_memory_key("".join(out))
 
+    def parse(self, key: str) -> dict[str, str] | None:
+        """The values ``key`` renders from, or None if this template cannot render it.
+
+        A key renders from this template exactly when it parses; where the literals allow
+        several splits (``{a}-{b}`` and ``x-y-z``), one of them is returned.
+        """
+        if len(key) > MAX_KEY_LENGTH:
+            return None
+        match = self._regex.fullmatch(key)
+        return None if match is None else match.groupdict()
+
+    def matches(self, key: str) -> bool:
+        """Whether this template can render ``key``."""
+        return len(key) <= MAX_KEY_LENGTH and self._regex.fullmatch(key) is not None
+
     def __repr__(self) -> str:
         return f"KeyTemplate({self.template!r})"
+
+
+def _template_regex(parts: tuple[tuple[str, str | None], ...]) -> re.Pattern[str]:
+    # Each placeholder takes a value as render accepts it; a repeated placeholder must repeat
+    # the same value (a backreference), as render writes it.
+    out: list[str] = []
+    named: set[str] = set()
+    for literal, field in parts:
+        out.append(re.escape(literal))
+        if field is None:
+            continue
+        if field in named:
+            out.append(f"(?P={field})")
+        else:
+            named.add(field)
+            out.append(f"(?P<{field}>[A-Za-z0-9._@+=-]{{1,{MAX_VALUE_LENGTH}}})")
+    return re.compile("".join(out))
 
 
 def _check_value(field: str, value: str) -> str:

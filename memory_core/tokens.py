@@ -90,7 +90,13 @@ class TokenCounter:
         name: str | None = None,
         tool_calls: Sequence[ToolCall] = (),
     ) -> int:
-        """Chat-format cost of one message (without the reply priming)."""
+        """Chat-format cost of one message (without the reply priming).
+
+        The name counts only if it is set and non-empty: an empty name is absent (the API
+        refuses one; memstream drops it at the boundary).
+        """
+        if not name:
+            name = None
         key: _Key = (
             (role, name, content)
             if not tool_calls and len(content) <= _PLAIN_KEY_CHARS

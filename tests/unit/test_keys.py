@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memory_core import InvalidKeyError, KeyTemplate, validate_memory_key
 
@@ -117,6 +119,84 @@ def test_rendered_key_longer_than_256_characters_is_refused() -> None:
 def test_malformed_template_is_refused(template: str) -> None:
     with pytest.raises(InvalidKeyError):
         KeyTemplate(template)
+
+
+# --- parsing a key back -----------------------------------------------------------------------
+
+
+def test_a_rendered_key_parses_back_to_its_values() -> None:
+    assert TEMPLATE.parse("agent:support:user:u-42") == {"agent_id": "support", "user_id": "u-42"}
+    assert TEMPLATE.matches("agent:support:user:u-42")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("foo", id="no-literals"),
+        pytest.param("agent:a:user:", id="empty-value"),
+        pytest.param("agent::user:b", id="empty-first-value"),
+        pytest.param("agent:a:b:user:c", id="separator-inside-a-value"),
+        pytest.param("agent:a/b:user:c", id="slash-inside-a-value"),
+        pytest.param("agent:a:user:b:extra", id="trailing-text"),
+        pytest.param("xagent:a:user:b", id="leading-text"),
+        pytest.param("Agent:a:user:b", id="literal-case"),
+        pytest.param("agent:a:user:b\n", id="trailing-newline"),
+        pytest.param("agent:a:user:" + "x" * 129, id="over-long-value"),
+    ],
+)
+def test_a_key_the_template_cannot_render_does_not_match(key: str) -> None:
+    assert TEMPLATE.parse(key) is None
+    assert not TEMPLATE.matches(key)
+
+
+def test_literal_dots_in_a_template_match_only_dots() -> None:
+    template = KeyTemplate("team.{t}:s.{s}")
+    assert template.matches("team.a:s.b")
+    assert not template.matches("teamXa:sYb")
+
+
+def test_a_repeated_placeholder_matches_only_the_same_value_twice() -> None:
+    twice = KeyTemplate("{tenant}:{user}:{tenant}")
+    assert twice.parse("t1:u1:t1") == {"tenant": "t1", "user": "u1"}
+    assert not twice.matches("t1:u1:t2")
+
+
+def test_a_template_without_placeholders_matches_only_itself() -> None:
+    static = KeyTemplate("memstream/static")
+    assert static.parse("memstream/static") == {}
+    assert not static.matches("memstream/other")
+
+
+def test_a_key_over_256_characters_never_matches() -> None:
+    template = KeyTemplate("p" * 200 + ":{a}")
+    assert template.matches("p" * 200 + ":" + "x" * 55)
+    assert not template.matches("p" * 200 + ":" + "x" * 56)
+
+
+_VALUES = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+=-",
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(agent_id=_VALUES, user_id=_VALUES)
+def test_every_rendered_key_matches_and_renders_again_from_what_parses(
+    agent_id: str, user_id: str
+) -> None:
+    key = TEMPLATE.render(agent_id=agent_id, user_id=user_id)
+    values = TEMPLATE.parse(key)
+    assert values is not None
+    assert TEMPLATE.render(**values) == key
+
+
+@given(a=_VALUES, b=_VALUES)
+def test_a_key_with_ambiguous_splits_still_renders_back(a: str, b: str) -> None:
+    template = KeyTemplate("{a}-{b}")  # "-" is allowed inside values too
+    key = template.render(a=a, b=b)
+    values = template.parse(key)
+    assert values is not None
+    assert template.render(**values) == key
 
 
 # --- validate_memory_key ------------------------------------------------------------------------

@@ -103,6 +103,19 @@ def test_message_cost_follows_the_documented_formula(counter: TokenCounter) -> N
     )
 
 
+def test_an_empty_name_costs_nothing_as_if_absent(counter: TokenCounter) -> None:
+    t = counter.text_tokens
+    assert counter.message_tokens("user", "hi", name="") == 3 + t("user") + t("hi")
+    assert counter.message_tokens("user", "hi", name="") == counter.message_tokens("user", "hi")
+    long_text = "word " * 100  # past the plain cache key: counted under a digest
+    assert counter.message_tokens("user", long_text, name="") == counter.message_tokens(
+        "user", long_text
+    )
+    assert counter.prompt_tokens([ChatMessage("user", "hi", name="")]) == counter.prompt_tokens(
+        [ChatMessage("user", "hi")]
+    )
+
+
 def test_tool_calls_count_their_name_and_arguments_as_text(counter: TokenCounter) -> None:
     calls = (
         ToolCall("call_1", "get_weather", '{"city": "Paris"}'),
