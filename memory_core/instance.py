@@ -22,7 +22,7 @@ from memory_core.errors import (
     RejectedEventError,
     StoreUnavailableError,
 )
-from memory_core.eviction import REJECTION_WINDOW, Outcome
+from memory_core.eviction import DUPLICATE_ID_ENTRY, REJECTION_WINDOW
 from memory_core.health import MemoryHealth, budget_by_category
 from memory_core.keys import validate_memory_key
 from memory_core.models import Draft, Message, Role, Snapshot, ToolCall
@@ -119,7 +119,7 @@ def settle_outcome(
     for at, reason in recent_rejections:
         if at != offset:
             continue
-        if reason == Outcome.DUPLICATE_ID.value:
+        if reason == DUPLICATE_ID_ENTRY:
             return dataclasses.replace(outcome, status=WriteOutcomeStatus.DUPLICATE)
         try:
             why = DeadLetterReason(reason)
@@ -404,7 +404,10 @@ class AsyncSafeMemoryInstance:
 
     async def wait_applied(self, offset: int, timeout: timedelta) -> None:
         """Wait until the consumer has applied ``offset`` of this memory."""
-        if await self._applied(offset, timeout) is None:
+        if (
+            await self._applied(WriteOutcome(WriteOutcomeStatus.PUBLISHED, offset=offset), timeout)
+            is None
+        ):
             raise WriteTimeoutError(self.memory_key, offset, timeout)
 
     async def _settle_one(self, outcome: WriteOutcome, timeout: timedelta | None) -> WriteOutcome:
@@ -415,19 +418,18 @@ class AsyncSafeMemoryInstance:
         if not pending:
             return outcomes
         # One memory's events share its partition: the last offset settles them all.
-        last = max(o.offset for o in pending if o.offset is not None)
+        last = max(pending, key=lambda o: o.offset or 0)
         try:
-            snap = await self._applied(last, timeout, partition=pending[0].partition)
+            snap = await self._applied(last, timeout)
         except StoreUnavailableError as exc:
             raise UnconfirmedWriteError(
                 self.memory_key, pending, why=f"the store became unavailable ({exc})"
             ) from exc
         if snap is None:
-            raise WriteTimeoutError(self.memory_key, last, timeout, outcomes=pending)
-        home = _home_partition(snap)
+            raise WriteTimeoutError(self.memory_key, last.offset or 0, timeout, outcomes=pending)
         settled = [
-            _wrong_partition(o, home)
-            if home is not None and o.offset is not None and o.partition != home
+            _wrong_partition(o, snap.home or "")
+            if _misplaced(snap, o)
             else settle_outcome(o, snap.recent_rejections)
             for o in outcomes
         ]
@@ -438,23 +440,18 @@ class AsyncSafeMemoryInstance:
             raise UnconfirmedWriteError(self.memory_key, unknown, why=unknown[0].detail)
         return settled
 
-    async def _applied(
-        self, offset: int, timeout: timedelta, *, partition: int | None = None
-    ) -> Snapshot | None:
-        """The snapshot once the memory applied ``offset``; None if it did not in time."""
+    async def _applied(self, last: WriteOutcome, timeout: timedelta) -> Snapshot | None:
+        """The snapshot once it settles ``last`` (see ``_settles``); None if not in time."""
         deadline = self._clock.monotonic() + timeout.total_seconds()
         delay = 0.005
-        while await self._store.applied_offset(self.memory_key) < offset:
+        while True:
+            snap = await self._store.read(self.memory_key, start=0, stop=0)
+            if _settles(snap, last):
+                return snap
             if self._clock.monotonic() >= deadline:
-                # A last look: the memory may live in another partition (offsets then are not
-                # comparable), or have caught up meanwhile.
-                snap = await self._store.read(self.memory_key, start=0, stop=0)
-                home = _home_partition(snap)
-                moved = home is not None and partition is not None and home != partition
-                return snap if snap.last_offset >= offset or moved else None
+                return None
             await self._clock.sleep(delay)
             delay = min(delay * 2, 0.2)
-        return await self._store.read(self.memory_key, start=0, stop=0)
 
     def _require_publisher(self) -> EventPublisher:
         if self._publisher is None:
@@ -471,13 +468,29 @@ def _checked(wait: timedelta | None) -> timedelta | None:
     return wait
 
 
-def _home_partition(snap: Snapshot) -> int | None:
-    # Snapshots carry the memory's home partition once the store records it.
-    home = getattr(snap, "home_partition", None)
-    return home if isinstance(home, int) and home >= 0 else None
+def _settles(snap: Snapshot, last: WriteOutcome) -> bool:
+    """Whether ``snap`` tells the fate of every event up to ``last`` (in its partition).
+
+    Offsets compare only within the memory's home (``topic:partition``, None before its first
+    write): a home in another partition of the same topic settles them as misplaced; a home
+    in another topic (the memory lives in another topic generation) settles nothing.
+    """
+    if last.offset is None:
+        return True
+    if snap.home is None or last.topic is None or snap.home == f"{last.topic}:{last.partition}":
+        return snap.last_offset >= last.offset
+    return _misplaced(snap, last)
 
 
-def _wrong_partition(outcome: WriteOutcome, home: int) -> WriteOutcome:
+def _misplaced(snap: Snapshot, outcome: WriteOutcome) -> bool:
+    # The apply consumer dead-letters a record outside its memory's home partition.
+    if snap.home is None or outcome.topic is None or outcome.offset is None:
+        return False
+    topic, _, partition = snap.home.rpartition(":")
+    return topic == outcome.topic and partition != str(outcome.partition)
+
+
+def _wrong_partition(outcome: WriteOutcome, home: str) -> WriteOutcome:
     return dataclasses.replace(
         outcome,
         status=WriteOutcomeStatus.REJECTED,

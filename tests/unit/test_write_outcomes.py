@@ -110,7 +110,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.last_offset = -1
         self.rejections: list[tuple[int, str]] = []
-        self.home: int | None = None
+        self.home: str | None = None
         self.down = False
         self.reads = 0
 
@@ -130,7 +130,7 @@ class FakeStore:
 
 
 def _snapshot(
-    key: str, last_offset: int, rejections: tuple[tuple[int, str], ...], home: int | None
+    key: str, last_offset: int, rejections: tuple[tuple[int, str], ...], home: str | None
 ) -> Snapshot:
     fields: dict[str, Any] = {
         "memory_key": key,
@@ -151,18 +151,9 @@ def _snapshot(
         "lock_holder": None,
         "lock_ttl_ms": None,
         "key_ttl_ms": None,
+        "home": home,
     }
-    if home is None:
-        return Snapshot(**fields)
-    if "home_partition" in Snapshot.__struct_fields__:
-        return Snapshot(**fields, home_partition=home)
-    return _HomedSnapshot(**fields, home_partition=home)
-
-
-class _HomedSnapshot(Snapshot, frozen=True):
-    """A snapshot that knows its memory's home partition (as the store's soon will)."""
-
-    home_partition: int | None = None
+    return Snapshot(**fields)
 
 
 class FakePublisher:
@@ -358,10 +349,23 @@ async def test_clear_and_flush_report_their_outcome() -> None:
 
 async def test_an_event_outside_the_memorys_home_partition_is_rejected_as_wrong_partition() -> None:
     rig = Rig()
-    rig.store.home = 0
+    rig.store.home, rig.store.last_offset = f"{TOPIC}:0", 500
     with pytest.raises(RejectedWriteError) as info:
-        await rig.memory.append(Role.USER, "hi", wait=timedelta(seconds=0.1))
+        await rig.memory.append(Role.USER, "hi")
     assert info.value.reason is DeadLetterReason.WRONG_PARTITION
+    assert f"home is {TOPIC}:0" in info.value.detail
+    assert rig.clock.now == 0  # told at the first look, no wait
+
+
+async def test_offsets_are_compared_only_in_the_memorys_home() -> None:
+    rig = Rig()
+    rig.consume()
+    rig.store.home = f"{TOPIC}:{PARTITION}"
+    assert (await rig.memory.append(Role.USER, "hi")).status is Status.APPLIED
+    # A home in another topic (another generation): its offsets tell nothing of this event.
+    rig.store.home, rig.store.last_offset = "events.g2:0", 10_000
+    with pytest.raises(UnconfirmedWriteError):
+        await rig.memory.append(Role.USER, "hi", wait=timedelta(seconds=0.2))
 
 
 async def test_a_negative_wait_is_refused_before_anything_is_published() -> None:
