@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -9,6 +12,7 @@ from dataclasses import dataclass
 from redis.asyncio import BlockingConnectionPool, Redis
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.service import RPCError
 
 from consumers.catalog import MemoryCatalog
 from consumers.generations import active_generation
@@ -19,6 +23,8 @@ from memory_core import EncodingRegistry, HybridFlushingStrategy
 from memory_core.redis import RedisLockManager, RedisMemoryStore, use_hiredis_packing
 from memory_core.temporal import FlushActivities
 from schemas import AvroCodec, ConfluentRegistry, EmbeddedRegistry, SchemaRegistry
+
+log = logging.getLogger(__name__)
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -58,13 +64,49 @@ def make_catalog(settings: Settings, encodings: EncodingRegistry | None = None) 
     )
 
 
-async def connect_temporal(settings: Settings, telemetry: Telemetry) -> Client:
-    """A Temporal client whose spans join memstream's traces."""
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        interceptors=[TracingInterceptor(telemetry.tracer)],
-    )
+async def connect_temporal(
+    settings: Settings,
+    telemetry: Telemetry,
+    *,
+    first_backoff_s: float = 0.5,
+    max_backoff_s: float = 5.0,
+) -> Client:
+    """A Temporal client whose spans join memstream's traces; waits while Temporal is down.
+
+    The first failed attempt logs one warning; later ones back off exponentially (debug
+    lines only) until the server answers. Cancel the call to give up (SIGTERM does).
+    """
+    backoff = first_backoff_s
+    waited_since: float | None = None
+    while True:
+        try:
+            client = await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                interceptors=[TracingInterceptor(telemetry.tracer)],
+            )
+        except (RuntimeError, RPCError) as exc:
+            # The SDK reports an unreachable server as a RuntimeError ("Failed client connect").
+            if waited_since is None:
+                waited_since = time.monotonic()
+                log.warning(
+                    "waiting for Temporal at %s (namespace %s): %s",
+                    settings.temporal_address,
+                    settings.temporal_namespace,
+                    exc,
+                )
+            else:
+                log.debug("Temporal at %s still unreachable: %s", settings.temporal_address, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            continue
+        if waited_since is not None:
+            log.warning(
+                "connected to Temporal at %s after %.0fs",
+                settings.temporal_address,
+                time.monotonic() - waited_since,
+            )
+        return client
 
 
 def strategy_lookup(catalog: MemoryCatalog) -> dict[str, HybridFlushingStrategy]:

@@ -7,7 +7,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import context as otel_context
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -81,22 +81,53 @@ class FlushDispatcher(Component):
         )
 
     async def step(self, timeout_ms: int = 200) -> int:
-        """Dispatch one fetched batch; returns how many commands it handled."""
+        """Dispatch one fetched batch; returns how many commands it handled (or dead-lettered).
+
+        Partitions are dispatched side by side, each in log order. Every partition is then
+        committed up to the last command accepted, and every partition not dispatched to its
+        end is rewound to its first undispatched record before the first failure is raised:
+        no later commit can pass a command that has no workflow yet.
+        """
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("FlushDispatcher.start() was not called")
         fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
-        handled = 0
-        for tp, records in fetched.items():
-            try:
-                for rec in records:
-                    await self._dispatch(rec)
-                    handled += 1
-            except BaseException:
-                consumer.seek(tp, records[0].offset)
-                raise
-            await asyncio.shield(consumer.commit({tp: records[-1].offset + 1}))
-        return handled
+        if not fetched:
+            return 0
+        pending = {tp: records[0].offset for tp, records in fetched.items()}
+        try:
+            outcomes = await asyncio.gather(
+                *(self._dispatch_all(tp, records, pending) for tp, records in fetched.items()),
+                return_exceptions=True,
+            )
+        finally:
+            # Also on cancellation: whatever was not accepted is fetched again.
+            assigned = consumer.assignment()
+            for tp, records in fetched.items():
+                if pending[tp] <= records[-1].offset and tp in assigned:
+                    consumer.seek(tp, pending[tp])
+        accepted = {
+            tp: pending[tp] for tp, records in fetched.items() if pending[tp] > records[0].offset
+        }
+        if accepted:
+            await asyncio.shield(consumer.commit(accepted))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum(
+            1 for tp, records in fetched.items() for rec in records if rec.offset < pending[tp]
+        )
+
+    async def _dispatch_all(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+        pending: dict[TopicPartition, int],
+    ) -> None:
+        """Dispatch ``records`` in order; ``pending[tp]`` is the first not yet accepted."""
+        for rec in records:
+            await self._dispatch(rec)
+            pending[tp] = rec.offset + 1
 
     async def _dispatch(self, rec: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -140,11 +171,13 @@ class FlushDispatcher(Component):
                     id=wf_id,
                     task_queue=self.settings.temporal_task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 )
             self.started += 1
         except WorkflowAlreadyStartedError:
-            # This flush already ran: the duplicate command collapses into it.
+            # This flush already completed: the duplicate command collapses into it. A running
+            # one is returned as is (USE_EXISTING); a failed, timed-out or terminated one runs
+            # again, so a flush requested again after a failure is not lost.
             self.duplicates += 1
         finally:
             otel_context.detach(token)

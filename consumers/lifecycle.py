@@ -73,7 +73,11 @@ async def run_steps(
     first_backoff_s: float = 0.1,
     max_backoff_s: float = 5.0,
 ) -> None:
-    """Call ``step`` until ``stopped()``; a retriable failure backs off exponentially."""
+    """Call ``step`` until ``stopped()``; a retriable failure backs off exponentially.
+
+    Any other exception ends the loop (the caller's role dies loudly). A back-off ends early
+    once ``stopped()``, so a stop during an outage is not delayed by it.
+    """
     backoff = first_backoff_s
     while not stopped():
         try:
@@ -81,5 +85,13 @@ async def run_steps(
             backoff = first_backoff_s
         except retriable as exc:
             log.warning("%s failed, retrying in %.1fs: %s", what, backoff, exc)
-            await asyncio.sleep(backoff)
+            await _pause(backoff, stopped)
             backoff = min(backoff * 2, max_backoff_s)
+
+
+async def _pause(seconds: float, stopped: Callable[[], bool], *, tick_s: float = 0.1) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    # ``stopped`` is a predicate over the caller's flags, not an event this could wait on.
+    while not stopped() and (left := deadline - loop.time()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(min(left, tick_s))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from consumers.apply import ApplyConsumer
@@ -18,6 +22,7 @@ from consumers.lifecycle import Component
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from consumers.topics import ensure_topics
+from memory_core import MemstreamError
 from memory_core.temporal import create_worker
 
 log = logging.getLogger(__name__)
@@ -25,8 +30,23 @@ log = logging.getLogger(__name__)
 ROLES = ("apply", "dispatch", "worker")
 
 
+class RoleFailedError(MemstreamError):
+    """A role ended while the process was not stopping; the process must exit non-zero."""
+
+    def __init__(self, role: str, cause: BaseException | None) -> None:
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else "it returned"
+        super().__init__(f"role {role} ended unexpectedly ({detail})")
+        self.role = role
+        self.__cause__ = cause
+
+
 class Runner(Component):
-    """Starts the chosen roles as tasks and stops them gracefully (drain within a bound)."""
+    """Starts the chosen roles as tasks and stops them gracefully (drain within a bound).
+
+    A role that ends on its own (an exception, or returning while the runner is not
+    stopping) is logged at once and stops the other roles; ``failure`` then holds a
+    ``RoleFailedError``, which ``wait`` and ``run`` raise.
+    """
 
     def __init__(
         self,
@@ -46,11 +66,12 @@ class Runner(Component):
         self.consumer: ApplyConsumer | None = None
         self.dispatcher: FlushDispatcher | None = None
         self.worker: Worker | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: RoleFailedError | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        """Create topics if missing, then start every role."""
+        """Create topics if missing, wait for Temporal if a role needs it, start every role."""
         settings, app = self.app.settings, self.app
         await ensure_topics(settings)
         if self._temporal is None and {"dispatch", "worker"} & set(self.roles):
@@ -64,55 +85,163 @@ class Runner(Component):
                 telemetry=app.telemetry,
             )
             await self.consumer.start()
-            self._tasks.append(asyncio.create_task(self.consumer.run(self._stop)))
+            self._spawn("apply", self.consumer.run(self._stop))
         if "dispatch" in self.roles:
             assert self._temporal is not None
             self.dispatcher = FlushDispatcher(
                 settings=settings, client=self._temporal, codec=app.codec, telemetry=app.telemetry
             )
             await self.dispatcher.start()
-            self._tasks.append(asyncio.create_task(self.dispatcher.run(self._stop)))
+            self._spawn("dispatch", self.dispatcher.run(self._stop))
         if "worker" in self.roles:
             assert self._temporal is not None
-            self.worker = create_worker(
-                self._temporal,
-                task_queue=settings.temporal_task_queue,
-                activities=app.flush_activities(),
-            )
-            self._tasks.append(asyncio.create_task(self.worker.run()))
+            self._spawn("worker", self._work(self._temporal))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start (waiting for Temporal as long as it takes), then run until ``stop`` is set.
+
+        ``stop`` also ends the wait for Temporal. Raises ``RoleFailedError`` as soon as a role
+        ends on its own; call ``stop()`` afterwards in every case.
+        """
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        if starting.cancelled():
+            return
+        starting.result()
+        log.info("memstream running roles %s", ", ".join(self.roles))
+        await self.wait(stop)
+
+    async def wait(self, stop: asyncio.Event | None = None) -> None:
+        """Until ``stop`` is set or the runner stops; raises ``RoleFailedError`` if a role died."""
+        waiters = {asyncio.create_task(self._stop.wait())}
+        if stop is not None:
+            waiters.add(asyncio.create_task(stop.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self.failure is not None:
+            raise self.failure
 
     async def stop(self) -> None:
         """Signal every role to stop; each finishes its in-flight batch first."""
         self._stop.set()
-        if self.worker is not None:
-            await self.worker.shutdown()
-        done, pending = (
-            await asyncio.wait(self._tasks, timeout=self.drain_timeout_s)
-            if self._tasks
-            else (set(), set())
-        )
-        for task in pending:
-            task.cancel()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("role task ended with %r", task.exception())
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout_s)
+            for task in pending:
+                log.warning(
+                    "role task %s did not drain in %.0fs", task.get_name(), self.drain_timeout_s
+                )
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         self._tasks.clear()
 
+    def _spawn(self, role: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"memstream-{role}")
+        task.add_done_callback(functools.partial(self._ended, role))
+        self._tasks[role] = task
+
+    def _ended(self, role: str, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if self._stop.is_set():
+            if error is not None:
+                log.error("role %s failed while stopping: %r", role, error, exc_info=error)
+            return
+        # Never a live process doing nothing: one dead role stops them all.
+        self.failure = RoleFailedError(role, error)
+        log.error("%s; stopping the other roles", self.failure, exc_info=error)
+        self._stop.set()
+
+    async def _work(self, client: Client) -> None:
+        """The worker role: polls until stopped; a worker ended by an outage is replaced."""
+        settings = self.app.settings
+        while not self._stop.is_set():
+            worker = create_worker(
+                client,
+                task_queue=settings.temporal_task_queue,
+                activities=self.app.flush_activities(),
+            )
+            self.worker = worker
+            running = asyncio.create_task(worker.run(), name="memstream-temporal-worker")
+            stopping = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                running.cancel()
+                raise
+            finally:
+                stopping.cancel()
+            if not running.done():
+                await worker.shutdown()
+                await running
+                return
+            error = running.exception()
+            if error is None or self._stop.is_set() or await temporal_answers(client):
+                running.result()
+                return
+            # The SDK's pollers ride out short outages; a worker that ended is replaced.
+            log.warning(
+                "Temporal worker ended while Temporal at %s is unreachable (%s); "
+                "waiting for Temporal to poll again",
+                settings.temporal_address,
+                error,
+            )
+            await self._until_answers(client)
+
+    async def _until_answers(self, client: Client) -> None:
+        backoff = 0.5
+        while not self._stop.is_set() and not await temporal_answers(client):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+async def temporal_answers(client: Client) -> bool:
+    """Whether the Temporal frontend of ``client`` answers a health check now."""
+    try:
+        return await client.service_client.check_health(timeout=timedelta(seconds=2))
+    except (RPCError, RuntimeError):
+        return False
+
 
 async def serve(
     settings: Settings, roles: Iterable[str], telemetry: Telemetry | None = None
 ) -> None:
-    """Run ``roles`` until SIGTERM or SIGINT, then drain and exit."""
+    """Run ``roles`` until SIGTERM or SIGINT, then drain and return.
+
+    Waits for Temporal when a role needs it and it is down (SIGTERM ends the wait). Raises
+    ``RoleFailedError`` once a role ended on its own (after stopping the others).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with build_app(settings, telemetry) as app, Runner(app, roles):
-        log.info("memstream running roles %s", ", ".join(roles))
-        await stop.wait()
-        log.info("memstream stopping")
+            handled.append(sig)
+    try:
+        async with build_app(settings, telemetry) as app:
+            runner = Runner(app, roles)
+            try:
+                await runner.run(stop)
+            finally:
+                log.info("memstream stopping")
+                await runner.stop()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
