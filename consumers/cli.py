@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import shlex
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -25,12 +30,17 @@ from memory_core import (
     ChatMessage,
     ConfigError,
     EncodingRegistry,
+    KeyTemplate,
     MemoryConfig,
     MemoryHealth,
     MemstreamError,
     Message,
+    RejectedWriteError,
     Role,
     ToolCall,
+    UnconfirmedWriteError,
+    WriteOutcome,
+    WriteOutcomeStatus,
     encoding_for_model,
 )
 from memory_core.redis.codec import encode_message
@@ -177,7 +187,22 @@ def run(
     if bad or not chosen:
         raise _fail(f"unknown roles {sorted(bad)}; choose from {', '.join(ROLES)}")
     tune_gc()
-    asyncio.run(serve(Settings(), chosen))
+    try:
+        asyncio.run(serve(Settings(), chosen))
+    except MemstreamError as exc:
+        raise _fail(str(exc), 1) from None
+    except KafkaError as exc:
+        raise _fail(f"Kafka: {exc}", 1) from None
+
+
+# Exit codes of the write commands (append, clear, flush).
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_UNCONFIRMED = 3
+
+_WAIT_HELP = "Seconds to wait until applied (0: return once durable, unconfirmed)"
+_EVENT_ID_HELP = "Event id (reuse an earlier attempt's to retry it idempotently)"
+_MEMORY_ID_HELP = "Memory resource id (default: the one whose key template matches KEY)"
 
 
 @app.command("append")
@@ -186,25 +211,165 @@ def append(
     content: Annotated[str, typer.Option(help="Message content")],
     role: Annotated[Role, typer.Option(help="Message role")] = Role.USER,
     name: Annotated[str | None, typer.Option(help="Participant name")] = None,
-    memory_id: Annotated[str | None, typer.Option(help="Memory resource id")] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait until applied (0: no wait)")] = 10.0,
+    memory_id: Annotated[str | None, typer.Option(help=_MEMORY_ID_HELP)] = None,
+    message_id: Annotated[
+        str | None, typer.Option(help="Message id (reuse an earlier attempt's to retry it)")
+    ] = None,
+    event_id: Annotated[str | None, typer.Option(help=_EVENT_ID_HELP)] = None,
+    wait: Annotated[float, typer.Option(help=_WAIT_HELP)] = 10.0,
 ) -> None:
-    """Publish one message to a memory; prints its id once durable (and applied, with --wait)."""
+    """Publish one message to a memory; prints its outcome (exit 1 rejected, 3 unconfirmed)."""
+    timeout = _wait(wait)
+    ids = message_id or uuid.uuid4().hex, event_id or uuid.uuid4().hex
 
-    async def go() -> str:
+    def retry(config: MemoryConfig) -> list[str]:
+        named = ["--name", name] if name is not None else []
+        return [
+            "append",
+            key,
+            "--content",
+            content,
+            "--role",
+            role.value,
+            *named,
+            "--memory-id",
+            config.id,
+            "--message-id",
+            ids[0],
+            "--event-id",
+            ids[1],
+        ]
+
+    def write(memory: AsyncSafeMemoryInstance) -> Awaitable[WriteOutcome]:
+        return memory.append(
+            role, content, name=name, message_id=ids[0], event_id=ids[1], wait=timeout
+        )
+
+    _write(key, memory_id, wait, write, retry)
+
+
+@app.command("clear")
+def clear(
+    key: Annotated[str, typer.Argument(help="Memory key")],
+    memory_id: Annotated[str | None, typer.Option(help=_MEMORY_ID_HELP)] = None,
+    event_id: Annotated[str | None, typer.Option(help=_EVENT_ID_HELP)] = None,
+    wait: Annotated[float, typer.Option(help=_WAIT_HELP)] = 10.0,
+) -> None:
+    """Remove every message of a memory; prints the outcome (exit 1 rejected, 3 unconfirmed)."""
+    timeout = _wait(wait)
+    chosen = event_id or uuid.uuid4().hex
+    _write(
+        key,
+        memory_id,
+        wait,
+        lambda memory: memory.clear(wait=timeout, event_id=chosen),
+        lambda config: ["clear", key, "--memory-id", config.id, "--event-id", chosen],
+    )
+
+
+@app.command("flush")
+def flush(
+    key: Annotated[str, typer.Argument(help="Memory key")],
+    memory_id: Annotated[str | None, typer.Option(help=_MEMORY_ID_HELP)] = None,
+    event_id: Annotated[str | None, typer.Option(help=_EVENT_ID_HELP)] = None,
+    wait: Annotated[float, typer.Option(help=_WAIT_HELP)] = 10.0,
+) -> None:
+    """Request a flush of a memory now (it runs as a workflow); prints the request's outcome."""
+    timeout = _wait(wait)
+    chosen = event_id or uuid.uuid4().hex
+    _write(
+        key,
+        memory_id,
+        wait,
+        lambda memory: memory.flush(wait=timeout, event_id=chosen),
+        lambda config: ["flush", key, "--memory-id", config.id, "--event-id", chosen],
+    )
+
+
+def _wait(seconds: float) -> timedelta | None:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _fail(f"--wait must be a number of seconds >= 0 (0: do not wait), not {seconds}")
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+class _MaybePublished(Exception):
+    """The log refused or lost contact during a publish: the event may or may not be in it."""
+
+
+def _write(
+    key: str,
+    memory_id: str | None,
+    wait: float,
+    write: Callable[[AsyncSafeMemoryInstance], Awaitable[WriteOutcome]],
+    retry: Callable[[MemoryConfig], list[str]],
+) -> None:
+    """Run one write command: print its outcome as one line, exit with its code."""
+    config: MemoryConfig | None = None
+
+    async def go() -> WriteOutcome:
+        nonlocal config
         async with build_app() as built:
-            config = _config(built.catalog, memory_id)
+            config = _resource(built.catalog, key, memory_id)
             memory = AsyncSafeMemoryInstance(
                 key, config, store=built.store, publisher=built.producer
             )
-            return await memory.append(
-                role, content, name=name, wait=timedelta(seconds=wait) if wait > 0 else None
-            )
+            try:
+                return await write(memory)
+            except KafkaError as exc:
+                raise _MaybePublished(f"{type(exc).__name__}: {exc}") from exc
+
+    def command() -> str:
+        assert config is not None
+        return shlex.join(["memstream", *retry(config), "--wait", f"{wait:g}"])
 
     try:
-        typer.echo(asyncio.run(go()))
+        outcome = asyncio.run(go())
+    except RejectedWriteError as exc:
+        first = exc.rejected[0]
+        raise _fail(f"rejected: {_subject(first)}: {exc.reason.value}: {first.detail}", 1) from None
+    except UnconfirmedWriteError as exc:
+        where = ", ".join(_subject(o) for o in exc.outcomes) or key
+        raise _fail(
+            f"unconfirmed: {where} is durable in the log, but its application was not "
+            f"confirmed ({exc.why}); retry with the same ids, applied at most once: "
+            f"{command()}",
+            EXIT_UNCONFIRMED,
+        ) from None
+    except _MaybePublished as exc:
+        raise _fail(
+            f"publishing failed ({exc}); the event may or may not be in the log: retry with "
+            f"the same ids, applied at most once: {command()}",
+            1,
+        ) from None
     except MemstreamError as exc:
         raise _fail(str(exc), 1) from None
+    except KafkaError as exc:
+        raise _fail(f"cannot reach Kafka: {exc}", 1) from None
+    typer.echo(_outcome_line(outcome, config))
+
+
+def _subject(outcome: WriteOutcome) -> str:
+    """``message M, event E at P:O`` (the parts that are known)."""
+    parts = [] if outcome.message_id is None else [f"message {outcome.message_id}"]
+    if outcome.event_id is not None:
+        parts.append(f"event {outcome.event_id} at {outcome.position}")
+    return ", ".join(parts)
+
+
+def _outcome_line(outcome: WriteOutcome, config: MemoryConfig | None) -> str:
+    subject = _subject(outcome)
+    status = outcome.status
+    if status is WriteOutcomeStatus.APPLIED:
+        return f"applied: {subject}"
+    if status is WriteOutcomeStatus.DUPLICATE:
+        return (
+            f"duplicate: {subject}: this event id was already processed by an earlier attempt "
+            "(applied, unless that attempt was rejected); nothing changed"
+        )
+    if status is WriteOutcomeStatus.NOT_PERSISTED:
+        memory = f" of memory {config.id}" if config is not None else ""
+        return f"not persisted: {subject}: {outcome.detail}{memory}; nothing was published"
+    return f"published: {subject} (durable in the log; not waited for)"
 
 
 @app.command("show")
@@ -218,7 +383,7 @@ def show(
     async def go() -> tuple[list[Message], MemoryHealth]:
         async with build_app() as built:
             stored = (await built.store.read(key, start=0, stop=0)).memory_id
-            config = _config(built.catalog, memory_id or stored)
+            config = _resource(built.catalog, key, memory_id or stored)
             memory = AsyncSafeMemoryInstance(key, config, store=built.store)
             return await memory.read(), await memory.health()
 
@@ -298,12 +463,17 @@ def replay_cmd() -> None:
         raise _fail(str(exc), 1) from None
 
 
-def _config(catalog: MemoryCatalog, memory_id: str | None) -> MemoryConfig:
-    if memory_id is None:
-        if len(catalog.ids) != 1:
-            raise ConfigError("--memory-id", f"choose one of {', '.join(catalog.ids)}")
-        memory_id = catalog.ids[0]
-    return catalog.config(memory_id)
+def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> MemoryConfig:
+    """``memory_id``'s config, else that of the one resource whose key template matches."""
+    if memory_id is not None:
+        return catalog.config(memory_id)
+    matching = [i for i in catalog.ids if KeyTemplate(catalog.config(i).key).matches(key)]
+    if len(matching) == 1:
+        return catalog.config(matching[0])
+    if matching:
+        raise ConfigError("--memory-id", f"{key} matches {', '.join(matching)}: choose one")
+    known = ", ".join(f"{i} ({catalog.config(i).key})" for i in catalog.ids)
+    raise ConfigError("--memory-id", f"no memory resource's key template matches {key}: {known}")
 
 
 def main() -> None:
