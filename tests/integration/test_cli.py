@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from consumers.cli import app
 from consumers.settings import Settings
@@ -28,6 +34,37 @@ def cli_env(pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Set
     return pipeline_settings
 
 
+@contextmanager
+def _apply_consumer() -> Iterator[subprocess.Popen[bytes]]:
+    """``memstream run --roles apply`` on the environment's topics, stopped by its pid after."""
+    memstream = Path(sys.executable).parent / "memstream"
+    proc = subprocess.Popen([str(memstream), "run", "--roles", "apply"])
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def apply_process(cli_env: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """An apply consumer for this test's topics."""
+    with _apply_consumer() as proc:
+        yield proc
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def _key() -> str:
+    return f"agent:{uuid.uuid4().hex[:8]}:user:cli"
+
+
 def test_stack_status_reports_every_service_up(stack: Settings) -> None:
     statuses = LocalStack(stack, echo=lambda _line: None).status()
     assert [s.name for s in statuses] == ["kafka", "redis", "temporal"]
@@ -36,11 +73,114 @@ def test_stack_status_reports_every_service_up(stack: Settings) -> None:
     assert result.output.count(" up ") == 3
 
 
-def test_append_without_a_consumer_times_out_with_a_clear_error(cli_env: Settings) -> None:
-    key = f"agent:{uuid.uuid4().hex[:8]}:user:cli"
-    result = CliRunner().invoke(app, ["append", key, "--content", "hi", "--wait", "0.5"])
+def test_append_not_waited_for_prints_published_with_its_position(cli_env: Settings) -> None:
+    result = _invoke("append", _key(), "--content", "hi", "--message-id", "m1", "--wait", "0")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith("published: message m1, event ")
+    assert "durable in the log" in line and "\n" not in line
+
+
+def test_a_negative_wait_is_a_one_line_usage_error(cli_env: Settings) -> None:
+    result = _invoke("append", _key(), "--content", "hi", "--wait", "-1")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "memstream: --wait must be a number of seconds >= 0 (0: do not wait), not -1.0"
+    ]
+
+
+def test_an_unconfirmed_append_exits_3_and_its_retry_command_applies_it_once(
+    cli_env: Settings,
+) -> None:
+    key = _key()
+    result = _invoke("append", key, "--content", "hi there", "--message-id", "m1", "--wait", "0.5")
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("memstream: unconfirmed: message m1, event ")
+    assert "durable in the log" in line and "not applied within 0.5s" in line
+    command = shlex.split(line.split("applied at most once: ", 1)[1])
+    assert command[:2] == ["memstream", "append"]
+    assert command[command.index("--message-id") + 1] == "m1"
+    event_id = command[command.index("--event-id") + 1]
+    assert f"event {event_id} at " in line
+    # Retried as printed, once a consumer runs: the first attempt applies, the retry is a
+    # duplicate, the memory holds the message once.
+    with _apply_consumer():
+        retried = _invoke(*command[1:-2], "--wait", "60")
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.startswith(f"duplicate: message m1, event {event_id} at ")
+    shown = _invoke("show", key, "--json")
+    assert [m["id"] for m in json.loads(shown.stdout)["messages"]] == ["m1"]
+
+
+def test_write_commands_print_their_outcome_and_exit_with_its_code(
+    cli_env: Settings, apply_process: subprocess.Popen[bytes]
+) -> None:
+    key = _key()
+    first = ("append", key, "--content", "hi", "--message-id", "m1", "--event-id", "e1")
+    applied = _invoke(*first, "--wait", "60")
+    assert applied.exit_code == 0, applied.output
+    assert applied.stdout.startswith("applied: message m1, event e1 at ")
+    duplicate = _invoke(*first)
+    assert duplicate.exit_code == 0, duplicate.output
+    assert duplicate.stdout.startswith("duplicate: message m1, event e1 at ")
+    assert "already processed by an earlier attempt" in duplicate.stdout
+
+    rejected = _invoke("append", key, "--content", "word " * 300, "--message-id", "big")
+    assert rejected.exit_code == 1, rejected.output
+    [line] = rejected.stderr.splitlines()
+    assert line.startswith("memstream: rejected: message big, event ")
+    assert "oversized_message" in line and "budget" in line
+
+    flushed = _invoke("flush", key, "--event-id", "f1")
+    assert flushed.exit_code == 0, flushed.output
+    assert flushed.stdout.startswith("applied: event f1 at ")
+    cleared = _invoke("clear", key)
+    assert cleared.exit_code == 0, cleared.output
+    assert cleared.stdout.startswith("applied: event ")
+    shown = _invoke("show", key, "--json")
+    assert json.loads(shown.stdout)["messages"] == []
+
+
+PRIVATE_MEMORIES = """
+memories:
+  - id: chat
+    key: "agent:{agent_id}:user:{user_id}"
+    max_tokens: 400
+  - id: private
+    key: "private:{user_id}"
+    max_tokens: 400
+    privacy: {non_persistable_roles: [tool]}
+"""
+
+
+def test_a_non_persistable_role_is_reported_not_persisted_and_the_memory_found_by_its_key(
+    cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memories = tmp_path / "two.yaml"
+    memories.write_text(PRIVATE_MEMORIES)
+    monkeypatch.setenv("MEMSTREAM_MEMORIES_FILE", str(memories))
+    result = _invoke("append", "private:u1", "--role", "tool", "--content", "4111", "--wait", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("not persisted: message ")
+    assert "role tool is never persisted by memory private" in result.stdout
+    assert "nothing was published" in result.stdout
+    unknown = _invoke("append", "team:x", "--content", "hi", "--wait", "0")
+    assert unknown.exit_code == 1
+    assert "no memory resource's key template matches team:x" in unknown.stderr
+    assert "Traceback" not in unknown.output
+
+
+def test_run_reports_a_known_failure_in_one_line(
+    cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEMSTREAM_MEMORIES_FILE", str(tmp_path / "missing.yaml"))
+    result = _invoke("run", "--roles", "apply")
     assert result.exit_code == 1
-    assert "not applied within 0.5s" in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("memstream: ") and "cannot read the memories file" in line
 
 
 def test_show_prints_messages_and_health_as_json(cli_env: Settings) -> None:
@@ -49,6 +189,7 @@ def test_show_prints_messages_and_health_as_json(cli_env: Settings) -> None:
         app, ["append", key, "--content", "write me at a@b.example", "--wait", "0"]
     )
     assert published.exit_code == 0, published.output
+    assert published.stdout.startswith("published: ")
     # No consumer runs here: apply the topic with the replay tool, then show.
     replayed = CliRunner().invoke(app, ["replay"])
     assert replayed.exit_code == 0, replayed.output
