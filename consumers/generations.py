@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
@@ -94,6 +95,13 @@ def generation_topic(settings: Settings, number: int) -> str:
     return settings.events_topic if number == 1 else f"{settings.events_topic}.g{number}"
 
 
+def consumer_group(settings: Settings, generation: Generation) -> str:
+    """The apply consumers' group of ``generation`` (each generation starts its own, placed
+    at the end of its topic by the repartition that made it)."""
+    group = settings.consumer_group
+    return group if generation.number == 1 else f"{group}.g{generation.number}"
+
+
 async def read_generations(settings: Settings) -> list[Generation]:
     """Every recorded generation, oldest first (empty if none was recorded yet)."""
     tp = TopicPartition(generations_topic(settings), 0)
@@ -148,6 +156,26 @@ async def topic_partition_count(settings: Settings, topic: str) -> int | None:
     return None
 
 
+SEALED_MAX_MESSAGE_BYTES = "0"
+
+
+async def topic_sealed(bootstrap_servers: str, topic: str) -> bool:
+    """Whether ``topic`` is sealed by a repartition (it refuses every record)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+        )
+    finally:
+        await admin.close()
+    for resource in response.resources:
+        for entry in resource[4]:
+            if entry[0] == "max.message.bytes":
+                return bool(entry[1] == SEALED_MAX_MESSAGE_BYTES)
+    return False
+
+
 async def active_generation(settings: Settings, *, create: bool = True) -> Generation:
     """The active generation; the first one is recorded when none is (``create``).
 
@@ -165,7 +193,7 @@ async def active_generation(settings: Settings, *, create: bool = True) -> Gener
     count = await topic_partition_count(settings, settings.events_topic)
     if count is None:
         count = settings.topic_partitions
-        await create_missing(settings, [_events_topic(settings, settings.events_topic, count)])
+        await create_missing(settings, [events_topic_spec(settings, settings.events_topic, count)])
     else:
         log.warning(
             "adopting %s with its %d partitions as generation 1 (homes: murmur2 mod %d)",
@@ -179,7 +207,8 @@ async def active_generation(settings: Settings, *, create: bool = True) -> Gener
     return (await read_generations(settings))[-1]
 
 
-def _events_topic(settings: Settings, name: str, partitions: int) -> NewTopic:
+def events_topic_spec(settings: Settings, name: str, partitions: int) -> NewTopic:
+    """How an events topic (of any generation) is created."""
     # The events topic is the source of truth that replay rebuilds from: kept forever.
     return NewTopic(
         name=name,

@@ -11,7 +11,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope, flushed_payload
-from consumers.generations import Generation
+from consumers.generations import Generation, topic_sealed
 from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
 from memory_core import Draft, MemstreamError, Message, Published, SystemClock, validate_memory_key
@@ -55,7 +55,10 @@ class MemoryProducer(Component):
         self._catalog = catalog
         self._clock = SystemClock()
         self._resolve = generation
+        self._bootstrap = bootstrap_servers
         self.generation: Generation | None = None
+        # How long a write waits for a repartition to activate the new generation.
+        self.sealed_wait_s = 60.0
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             enable_idempotence=True,
@@ -92,48 +95,69 @@ class MemoryProducer(Component):
             "memstream.publish", attributes={"memstream.events": len(records)}
         ):
             headers = inject_headers()
-            try:
-                landed = await self._send(key, values, headers)
-            except MessageSizeTooLargeError:
-                if self._resolve is None or not await self._refresh():
-                    raise
-                landed = await self._send(key, values, headers)
-        return [
-            Published(str(r["event_id"]), topic, partition, offset)
-            for r, (topic, partition, offset) in zip(records, landed, strict=True)
-        ]
+            landed = await self._send(key, values, headers)
+            refused = [i for i, r in enumerate(landed) if isinstance(r, BaseException)]
+            if refused and self._resolve is not None:
+                error = landed[refused[0]]
+                if isinstance(error, MessageSizeTooLargeError) and await topic_sealed(
+                    self._bootstrap, self.topic
+                ):
+                    # Only the refused records are sent again: the others are in the old
+                    # topic, which the repartition copies.
+                    await self._refresh()
+                    again = await self._send(key, [values[i] for i in refused], headers)
+                    for i, resent in zip(refused, again, strict=True):
+                        landed[i] = resent
+        out: list[Published] = []
+        for record, result in zip(records, landed, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            topic, partition, offset = result
+            out.append(Published(str(record["event_id"]), topic, partition, offset))
+        return out
 
     async def _send(
         self, key: bytes, values: list[bytes], headers: list[tuple[str, bytes]]
-    ) -> list[tuple[str, int, int]]:
+    ) -> list[tuple[str, int, int] | BaseException]:
         gen = self.generation
         partition = gen.home(key) if gen is not None else None
         futures = [
             await self._producer.send(self.topic, v, key=key, headers=headers, partition=partition)
             for v in values
         ]
-        out = []
+        out: list[tuple[str, int, int] | BaseException] = []
         for f in futures:
-            meta = await f
-            out.append((meta.topic, meta.partition, meta.offset))
+            try:
+                meta = await f
+            except MessageSizeTooLargeError as exc:
+                out.append(exc)
+            else:
+                out.append((meta.topic, meta.partition, meta.offset))
         return out
 
-    async def _refresh(self) -> bool:
-        """After a refused send: True when a newer generation is active (resend there).
+    async def _refresh(self) -> None:
+        """After a send refused by a sealed topic: wait until a newer generation is active.
 
-        A repartition seals the old topic (its records are refused, so nothing was written);
-        until the new generation is active the write fails as retriable.
+        A repartition seals the old topic (its records are refused, so nothing was written)
+        and activates the new generation once the old one is copied: wait for it, a bounded
+        time, then fail as retriable.
         """
         assert self._resolve is not None
-        newer = await self._resolve()
-        if self.generation is not None and newer.number <= self.generation.number:
-            raise GenerationSealedError(
-                f"{self.topic} refuses records (sealed by a repartition, or a record over "
-                "its size limit); retry once the new generation is active"
-            )
+        deadline = self._clock.monotonic() + self.sealed_wait_s
+        delay = 0.1
+        while True:
+            newer = await self._resolve()
+            if self.generation is None or newer.number > self.generation.number:
+                break
+            if self._clock.monotonic() >= deadline:
+                raise GenerationSealedError(
+                    f"{self.topic} refuses records (sealed by a repartition, or a record over "
+                    "its size limit) and no newer generation is active; retry later"
+                )
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, 2.0)
         log.warning("events topic moved to generation %d (%s)", newer.number, newer.topic)
         self.generation, self.topic = newer, newer.topic
-        return True
 
     async def send_raw(
         self,

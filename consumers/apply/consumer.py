@@ -19,7 +19,13 @@ from consumers.apply.accounting import BatchReport, account, accumulate, record_
 from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.outputs import BatchOutputs
 from consumers.catalog import MemoryCatalog
-from consumers.generations import Generation, active_generation, topic_partition_count
+from consumers.generations import (
+    Generation,
+    active_generation,
+    consumer_group,
+    read_generations,
+    topic_partition_count,
+)
 from consumers.lifecycle import Component, gc_paused, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
@@ -28,6 +34,9 @@ from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatu
 from schemas import AvroCodec
 
 log = logging.getLogger(__name__)
+
+# How often an idle consumer looks for a newer generation of the events topic.
+_GENERATION_CHECK_S = 5.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -77,15 +86,41 @@ class ApplyConsumer(Component):
         # The events topic generation consumed (the active one unless given), and its decoder.
         self.generation = generation
         self._decoder: Decoder | None = None
+        self._checked_generation_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Look up the generation to consume, connect, join the group (idempotent)."""
+        """Look up the generation to consume, connect, join its group (idempotent)."""
         if self._consumer is not None:
             return
         gen = self.generation = self.generation or await active_generation(self.settings)
+        await self._warn_if_grown(gen)
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                enable_idempotence=True,
+                acks="all",
+            )
+            await self._producer.start()
+        await self._join(gen)
+        self.telemetry.add_lag_source(self.lag)
+
+    async def _join(self, gen: Generation) -> None:
         self._decoder = Decoder(self.codec, self.catalog, gen)
+        self._checked_generation_at = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=consumer_group(self.settings, gen),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        consumer.subscribe([gen.topic], listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+
+    async def _warn_if_grown(self, gen: Generation) -> None:
         count = await topic_partition_count(self.settings, gen.topic)
         if count is not None and count != gen.partitions:
             # Homes stay murmur2 mod the generation's count: records of the new partitions
@@ -102,20 +137,40 @@ class ApplyConsumer(Component):
                 count,
                 count,
             )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+
+    async def _follow_generation(self) -> None:
+        """When idle, look (every few seconds) for a newer generation; move to it if there is.
+
+        A repartition records the new generation only once the old topic is sealed and
+        applied to its end, so nothing is left behind here.
+        """
+        now = time.monotonic()
+        if now - self._checked_generation_at < _GENERATION_CHECK_S:
+            return
+        self._checked_generation_at = now
+        recorded = await read_generations(self.settings)
+        current = self.generation
+        if not recorded or current is None or recorded[-1].number <= current.number:
+            return
+        latest = recorded[-1]
+        log.warning(
+            "moving from generation %d (%s) to %d (%s, %d partitions)",
+            current.number,
+            current.topic,
+            latest.number,
+            latest.topic,
+            latest.partitions,
         )
-        await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
-        self._consumer.subscribe([gen.topic], listener=_Rebalance(self))
-        await self._consumer.start()
-        self.telemetry.add_lag_source(self.lag)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            async with self._processing:
+                self._ahead = None
+            await consumer.stop()
+        with contextlib.suppress(MemstreamError):
+            await self.store.release(self.owner)
+        self.store.forget()
+        self.generation = latest
+        await self._join(latest)
 
     async def stop(self) -> None:
         """Finish the in-flight batch, then leave the group and disconnect (idempotent)."""
@@ -202,6 +257,9 @@ class ApplyConsumer(Component):
         if batch is None:
             fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
             batch = Batch({tp: recs for tp, recs in fetched.items() if recs})
+            if not batch.fetched:
+                await self._follow_generation()
+                return BatchReport()
         async with self._processing:
             # Partitions fenced or given away since their records were fetched are not ours.
             assigned = consumer.assignment()

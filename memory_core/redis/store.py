@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from memory_core.errors import StoreUnavailableError
 from memory_core.eviction import ApplyResult
 from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
@@ -34,6 +36,7 @@ _dumps = orjson.dumps
 WRITE = Script.load("write")
 RELEASE = Script.load("release")
 READ = Script.load("read")
+REHOME = Script.load("rehome")
 
 
 class WriteStatus(StrEnum):
@@ -317,6 +320,48 @@ class RedisMemoryStore:
         """A fresh, strictly increasing epoch for ``scope`` (e.g. one topic partition)."""
         async with translate_redis_errors():
             return int(await self.redis.incr(self.epoch_key(scope)))
+
+    async def rehome(
+        self, memory_key: str, old_home: str, new_home: str, moves: Mapping[int, int]
+    ) -> bool:
+        """Move a memory from ``old_home`` to ``new_home`` (a repartition), translating every
+        offset its state records by ``moves`` (old offset → new offset of the same record).
+
+        Returns False when there is nothing to move (expired, or homed elsewhere already).
+        """
+        meta_key = self.keys(memory_key).meta
+        ordered = sorted(moves.items())
+        olds = [o for o, _ in ordered]
+
+        def translate(offset: int) -> int:
+            if offset < 0:
+                return offset
+            at = bisect.bisect_right(olds, offset) - 1
+            return ordered[at][1] if at >= 0 else -1
+
+        for _ in range(10):
+            async with translate_redis_errors():
+                raw = await self.redis.hmget(
+                    meta_key, "version", "home", "last_offset", "flush_offset", "rejections"
+                )
+            version, home, last, flush, rejections = (_s(x) if x is not None else None for x in raw)
+            if version is None or (home is not None and home != old_home):
+                return False
+            fields = {
+                "home": new_home,
+                "last_offset": str(translate(int(last or -1))),
+                "flush_offset": str(translate(int(flush or -1))),
+                "rejections": _dumps(
+                    [[translate(int(o)), r] for o, r in orjson.loads(rejections or "[]")]
+                ).decode(),
+            }
+            reply = _s(await self._scripts.run(REHOME, (meta_key,), (version, _dumps(fields))))
+            if reply == "OK":
+                self.forget([memory_key])
+                return True
+            if reply == "GONE":
+                return False
+        raise StoreUnavailableError(f"{memory_key}: kept changing while being re-homed")
 
     async def recent_event_ids(self, memory_key: str) -> tuple[str, ...]:
         """The window of recent event ids kept for deduplication, oldest first."""
