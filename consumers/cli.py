@@ -288,7 +288,9 @@ def flush(
 
 def _wait(seconds: float) -> timedelta | None:
     if not math.isfinite(seconds) or seconds < 0:
-        raise _fail(f"--wait must be a number of seconds >= 0 (0: do not wait), not {seconds}")
+        raise _fail(
+            f"--wait must be a number of seconds >= 0 (0: do not wait), not {seconds}", EXIT_USAGE
+        )
     return timedelta(seconds=seconds) if seconds > 0 else None
 
 
@@ -326,9 +328,11 @@ def _write(
         outcome = asyncio.run(go())
     except RejectedWriteError as exc:
         first = exc.rejected[0]
-        raise _fail(f"rejected: {_subject(first)}: {exc.reason.value}: {first.detail}", 1) from None
+        raise _fail(
+            f"rejected: {first.describe()}: {exc.reason.value}: {first.detail}", EXIT_REJECTED
+        ) from None
     except UnconfirmedWriteError as exc:
-        where = ", ".join(_subject(o) for o in exc.outcomes) or key
+        where = ", ".join(o.describe() for o in exc.outcomes) or key
         raise _fail(
             f"unconfirmed: {where} is durable in the log, but its application was not "
             f"confirmed ({exc.why}); retry with the same ids, applied at most once: "
@@ -348,16 +352,8 @@ def _write(
     typer.echo(_outcome_line(outcome, config))
 
 
-def _subject(outcome: WriteOutcome) -> str:
-    """``message M, event E at P:O`` (the parts that are known)."""
-    parts = [] if outcome.message_id is None else [f"message {outcome.message_id}"]
-    if outcome.event_id is not None:
-        parts.append(f"event {outcome.event_id} at {outcome.position}")
-    return ", ".join(parts)
-
-
 def _outcome_line(outcome: WriteOutcome, config: MemoryConfig | None) -> str:
-    subject = _subject(outcome)
+    subject = outcome.describe()
     status = outcome.status
     if status is WriteOutcomeStatus.APPLIED:
         return f"applied: {subject}"

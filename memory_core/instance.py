@@ -82,12 +82,11 @@ class WriteOutcome:
         return "-" if self.offset is None else f"{self.partition}:{self.offset}"
 
     def describe(self) -> str:
-        """``message M (event E at P:O)``, the parts that are known."""
+        """``message M, event E at P:O``: the parts that are known."""
         parts = [] if self.message_id is None else [f"message {self.message_id}"]
         if self.event_id is not None:
-            event = f"event {self.event_id} at {self.position}"
-            parts.append(f"({event})" if parts else event)
-        return " ".join(parts) or "nothing"
+            parts.append(f"event {self.event_id} at {self.position}")
+        return ", ".join(parts) or "nothing"
 
 
 _REASONS: dict[DeadLetterReason, str] = {
@@ -133,7 +132,7 @@ def settle_outcome(
         )
     if len(recent_rejections) >= window and min(at for at, _ in recent_rejections) > offset:
         return dataclasses.replace(
-            outcome, detail=f"its offset left the window of the last {window} rejections"
+            outcome, detail=f"its offset left the memory's window of the last {window} rejections"
         )
     return dataclasses.replace(outcome, status=WriteOutcomeStatus.APPLIED)
 
