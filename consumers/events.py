@@ -90,11 +90,16 @@ def flushed_payload(
 
 
 class Decoded(Value, frozen=True):
-    """A decoded event ready to apply, or None when privacy rules drop it."""
+    """A decoded event ready to apply, or None when privacy rules drop it.
+
+    ``at_ms`` is the event's ``occurred_at`` in ms since the epoch, within the accepted range
+    (``LoggedEvent.at_ms``).
+    """
 
     memory_key: str
     entry: CatalogEntry
     event: MemoryEvent | None
+    at_ms: int
 
 
 # occurred_at must fall in [2000-01-01T00:00:00Z, 2100-01-01T00:00:00Z): fixed bounds (not the
@@ -124,13 +129,13 @@ def to_domain(record: dict[str, Any], record_key: bytes | None, catalog: MemoryC
     kind, body = record["payload"]
     try:
         if kind == APPENDED:
-            return Decoded(memory_key, entry, _appended(event_id, body, at, entry))
+            return Decoded(memory_key, entry, _appended(event_id, body, at, entry), at)
         if kind == CLEARED:
-            return Decoded(memory_key, entry, MemoryCleared(event_id))
+            return Decoded(memory_key, entry, MemoryCleared(event_id), at)
         if kind == FLUSH_REQUESTED:
-            return Decoded(memory_key, entry, FlushRequested(event_id))
+            return Decoded(memory_key, entry, FlushRequested(event_id), at)
         if kind == FLUSHED:
-            return Decoded(memory_key, entry, _flushed(event_id, body, at, entry))
+            return Decoded(memory_key, entry, _flushed(event_id, body, at, entry), at)
     except (KeyError, ValueError, TypeError) as exc:
         raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"{kind}: {exc}") from None
     raise RejectedEventError(DeadLetterReason.INVALID_EVENT, f"unknown payload {kind}")

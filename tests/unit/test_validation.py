@@ -259,6 +259,13 @@ def test_the_first_and_last_millisecond_of_the_range_are_accepted(
     assert _decode(catalog, _record(payload=payload, at=at)).event is not None
 
 
+@pytest.mark.parametrize("payload", _PAYLOADS.values(), ids=_PAYLOADS.keys())
+def test_every_decoded_event_carries_its_time(
+    catalog: MemoryCatalog, payload: tuple[str, dict[str, Any]]
+) -> None:
+    assert _decode(catalog, _record(payload=payload, at=AT + 5)).at_ms == AT + 5
+
+
 def test_a_datetime_event_time_is_read_as_utc_and_checked_too(catalog: MemoryCatalog) -> None:
     message = _appended(_decode(catalog, _record(at=datetime(2024, 1, 2, 3, 4, 5))))
     assert message.created_at_ms == 1_704_164_645_000
