@@ -188,7 +188,7 @@ async def active_generation(settings: Settings, *, create: bool = True) -> Gener
     if not create:
         raise MemstreamError(
             f"no generation recorded for {settings.events_topic}; "
-            "run `memstream run` or `memstream stack up` once to create the topics"
+            "start `memstream run` once: it creates the topics"
         )
     count = await topic_partition_count(settings, settings.events_topic)
     if count is None:
