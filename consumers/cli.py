@@ -332,7 +332,7 @@ def _write(
             f"rejected: {first.describe()}: {exc.reason.value}: {first.detail}", EXIT_REJECTED
         ) from None
     except UnconfirmedWriteError as exc:
-        where = ", ".join(o.describe() for o in exc.outcomes) or key
+        where = ", ".join(o.describe() for o in exc.unconfirmed) or key
         raise _fail(
             f"unconfirmed: {where} is durable in the log, but its application was not "
             f"confirmed ({exc.why}); retry with the same ids, applied at most once: "

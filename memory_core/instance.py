@@ -145,8 +145,10 @@ class UnconfirmedWriteError(MemstreamError):
     """Events durable in the log whose application could not be confirmed.
 
     Nothing is lost: the consumer applies them in log order. Retry with the same message
-    ids and event ids (``outcomes``) to learn the outcome: the consumer skips a repeated
-    event id, so the retry is applied at most once and reports ``duplicate``.
+    ids and event ids to learn the outcome: the consumer skips a repeated event id, so the
+    retry is applied at most once and reports ``duplicate``. ``outcomes`` holds every
+    event's outcome in order (``published`` for the unconfirmed ones, listed in
+    ``unconfirmed``); ``event_ids`` are ready to pass back to ``append_many``.
     ``message_id``, ``event_id``, ``topic``, ``partition`` and ``offset`` are those of the
     first unconfirmed event.
     """
@@ -156,17 +158,21 @@ class UnconfirmedWriteError(MemstreamError):
     def __init__(self, memory_key: str, outcomes: Sequence[WriteOutcome], *, why: str) -> None:
         self.memory_key = memory_key
         self.outcomes = tuple(outcomes)
+        self.unconfirmed = tuple(o for o in outcomes if o.status is WriteOutcomeStatus.PUBLISHED)
         self.why = why
-        first = self.outcomes[0] if self.outcomes else WriteOutcome(WriteOutcomeStatus.PUBLISHED)
+        first = (
+            self.unconfirmed[0] if self.unconfirmed else WriteOutcome(WriteOutcomeStatus.PUBLISHED)
+        )
         self.message_id = first.message_id
         self.event_id = first.event_id
         self.topic = first.topic
         self.partition = first.partition
         self.offset = first.offset
-        if not self.outcomes:
+        if not self.unconfirmed:
             super().__init__(f"{memory_key}: {why}")
             return
-        more = f" and {len(self.outcomes) - 1} more" if len(self.outcomes) > 1 else ""
+        n = len(self.unconfirmed)
+        more = f" and {n - 1} more" if n > 1 else ""
         ids = "message id and event id" if first.message_id is not None else "event id"
         super().__init__(
             f"{memory_key}: {first.describe()}{more} is durable in the log, but its "
@@ -175,9 +181,9 @@ class UnconfirmedWriteError(MemstreamError):
         )
 
     @property
-    def event_ids(self) -> list[str]:
-        """The event ids to reuse in the retry, in order."""
-        return [o.event_id for o in self.outcomes if o.event_id is not None]
+    def event_ids(self) -> list[str | None]:
+        """One event id per outcome, in order (None: never published, any id will do)."""
+        return [o.event_id for o in self.outcomes]
 
 
 class WriteTimeoutError(UnconfirmedWriteError):
@@ -339,21 +345,22 @@ class AsyncSafeMemoryInstance:
         drafts: Sequence[Draft],
         *,
         wait: timedelta | None = DEFAULT_WAIT,
-        event_ids: Sequence[str] | None = None,
+        event_ids: Sequence[str | None] | None = None,
     ) -> list[WriteOutcome]:
         """Publish several messages in order; one outcome per draft, in the same order.
 
         Drafts of a role the privacy policy never persists are not published
-        (``not_persisted``). ``event_ids`` (one per draft) reuse an earlier attempt's. With
-        ``wait``, every event is waited for before anything is raised: ``RejectedWriteError``
-        if any was rejected (its ``outcomes`` tell which were applied), else
-        ``UnconfirmedWriteError`` if any could not be confirmed.
+        (``not_persisted``). ``event_ids`` (one per draft, None: a new one) reuse an earlier
+        attempt's, e.g. ``UnconfirmedWriteError.event_ids``. With ``wait``, every event is
+        waited for before anything is raised: ``RejectedWriteError`` if any was rejected (its
+        ``outcomes`` tell which were applied), else ``UnconfirmedWriteError`` if any could
+        not be confirmed.
         """
         publisher = self._require_publisher()
         timeout = _checked(wait)
         if event_ids is not None and len(event_ids) != len(drafts):
             raise ValueError(f"{len(event_ids)} event ids for {len(drafts)} drafts")
-        ids = list(event_ids) if event_ids is not None else [uuid.uuid4().hex for _ in drafts]
+        ids = [e or uuid.uuid4().hex for e in event_ids or [None] * len(drafts)]
         kept = [i for i, d in enumerate(drafts) if self._privacy.persists(d.role)]
         published = (
             await publisher.append(
@@ -422,10 +429,10 @@ class AsyncSafeMemoryInstance:
             snap = await self._applied(last, timeout)
         except StoreUnavailableError as exc:
             raise UnconfirmedWriteError(
-                self.memory_key, pending, why=f"the store became unavailable ({exc})"
+                self.memory_key, outcomes, why=f"the store became unavailable ({exc})"
             ) from exc
         if snap is None:
-            raise WriteTimeoutError(self.memory_key, last.offset or 0, timeout, outcomes=pending)
+            raise WriteTimeoutError(self.memory_key, last.offset or 0, timeout, outcomes=outcomes)
         settled = [
             _wrong_partition(o, snap.home or "")
             if _misplaced(snap, o)
@@ -436,7 +443,7 @@ class AsyncSafeMemoryInstance:
             raise RejectedWriteError(self.memory_key, settled)
         unknown = [o for o in settled if o.status is WriteOutcomeStatus.PUBLISHED]
         if unknown:
-            raise UnconfirmedWriteError(self.memory_key, unknown, why=unknown[0].detail)
+            raise UnconfirmedWriteError(self.memory_key, settled, why=unknown[0].detail)
         return settled
 
     async def _applied(self, last: WriteOutcome, timeout: timedelta) -> Snapshot | None:

@@ -314,6 +314,21 @@ async def test_a_timed_out_wait_is_unconfirmed_and_names_the_ids_to_retry_with()
     assert "not applied within 0.5s" in str(error)
 
 
+async def test_an_unconfirmed_append_many_is_retried_by_passing_back_its_event_ids() -> None:
+    rig = Rig()
+    drafts = [Draft("m0", Role.USER, "a", 0), Draft("m1", Role.TOOL, "b", 0)]
+    with pytest.raises(UnconfirmedWriteError) as info:
+        await rig.memory.append_many(drafts, wait=timedelta(seconds=0.1))
+    error = info.value
+    assert [o.status for o in error.outcomes] == [Status.PUBLISHED, Status.NOT_PERSISTED]
+    assert [o.message_id for o in error.unconfirmed] == ["m0"]
+    assert error.event_ids == [rig.publisher.appended[0][1], None]
+    rig.consume({11: "duplicate_id"})
+    retried = await rig.memory.append_many(drafts, event_ids=error.event_ids)
+    assert [o.status for o in retried] == [Status.DUPLICATE, Status.NOT_PERSISTED]
+    assert [e for _, e in rig.publisher.appended] == [error.event_id, error.event_id]
+
+
 async def test_the_store_failing_while_waiting_is_unconfirmed_not_lost() -> None:
     rig = Rig()
 
