@@ -257,6 +257,18 @@ async def app(
         yield built
 
 
+def _keys_per_partition(prefix: str, partitions: int, per: int) -> list[str]:
+    """``per`` memory keys homed in each partition."""
+    by_home: dict[int, list[str]] = defaultdict(list)
+    i = 0
+    while min((len(by_home[p]) for p in range(partitions)), default=0) < per:
+        key = f"agent:{prefix}:user:lib{i}"
+        if len(by_home[home(key, partitions)]) < per:
+            by_home[home(key, partitions)].append(key)
+        i += 1
+    return [k for p in range(partitions) for k in by_home[p]]
+
+
 # --- (a) a contract-following librdkafka producer -----------------------------------------------
 
 
@@ -265,7 +277,7 @@ async def test_a_librdkafka_producer_following_the_contract_is_applied_like_the_
 ) -> None:
     settings = app.settings
     rng = random.Random(2024)
-    keys = [f"agent:{settings.key_prefix}:user:lib{i}" for i in range(12)]
+    keys = _keys_per_partition(settings.key_prefix, settings.topic_partitions, 3)
     conversations = {k: conversation(rng, k, 25) for k in keys}
     traces = {k: rng.getrandbits(128) | 1 for k in keys}
     producer = WireProducer(
