@@ -30,7 +30,6 @@ from memory_core import (
     ChatMessage,
     ConfigError,
     EncodingRegistry,
-    KeyTemplate,
     MemoryConfig,
     MemoryHealth,
     MemstreamError,
@@ -202,7 +201,7 @@ EXIT_UNCONFIRMED = 3
 
 _WAIT_HELP = "Seconds to wait until applied (0: return once durable, unconfirmed)"
 _EVENT_ID_HELP = "Event id (reuse an earlier attempt's to retry it idempotently)"
-_MEMORY_ID_HELP = "Memory resource id (default: the one whose key template matches KEY)"
+_MEMORY_ID_HELP = "Memory resource id (default: the first whose key template renders KEY)"
 
 
 @app.command("append")
@@ -312,6 +311,14 @@ def _write(
         nonlocal config
         async with build_app() as built:
             config = _resource(built.catalog, key, memory_id)
+            owner = built.catalog.resource_for_key(key)
+            if owner is not None and owner.id != config.id:
+                raise ConfigError(
+                    "--memory-id",
+                    f"{key} belongs to memory {owner.id} ({owner.key}, the first template "
+                    f"that renders it); events naming {config.id} are dead-lettered as "
+                    "memory_mismatch",
+                )
             memory = AsyncSafeMemoryInstance(
                 key, config, store=built.store, publisher=built.producer
             )
@@ -460,16 +467,20 @@ def replay_cmd() -> None:
 
 
 def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> MemoryConfig:
-    """``memory_id``'s config, else that of the one resource whose key template matches."""
+    """``memory_id``'s config, else that of the resource ``key`` belongs to.
+
+    A key belongs to the first resource whose template renders it (the consumer's rule), so
+    it is never ambiguous.
+    """
     if memory_id is not None:
         return catalog.config(memory_id)
-    matching = [i for i in catalog.ids if KeyTemplate(catalog.config(i).key).matches(key)]
-    if len(matching) == 1:
-        return catalog.config(matching[0])
-    if matching:
-        raise ConfigError("--memory-id", f"{key} matches {', '.join(matching)}: choose one")
-    known = ", ".join(f"{i} ({catalog.config(i).key})" for i in catalog.ids)
-    raise ConfigError("--memory-id", f"no memory resource's key template matches {key}: {known}")
+    owner = catalog.resource_for_key(key)
+    if owner is None:
+        known = ", ".join(f"{i} ({catalog.config(i).key})" for i in catalog.ids)
+        raise ConfigError(
+            "--memory-id", f"no memory resource's key template renders {key}: {known}"
+        )
+    return owner
 
 
 def main() -> None:

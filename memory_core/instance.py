@@ -18,13 +18,14 @@ from enum import StrEnum
 from memory_core.config import MemoryConfig
 from memory_core.errors import (
     DeadLetterReason,
+    InvalidKeyError,
     MemstreamError,
     RejectedEventError,
     StoreUnavailableError,
 )
 from memory_core.eviction import DUPLICATE_ID_ENTRY, REJECTION_WINDOW
 from memory_core.health import MemoryHealth, budget_by_category
-from memory_core.keys import validate_memory_key
+from memory_core.keys import KeyTemplate, validate_memory_key
 from memory_core.models import Draft, Message, Role, Snapshot, ToolCall
 from memory_core.ports import Clock, EventPublisher, MemoryStore, Published, SystemClock
 from memory_core.privacy import PrivacyPolicy
@@ -264,6 +265,7 @@ class AsyncSafeMemoryInstance:
         self._publisher = publisher
         self._clock = clock or SystemClock()
         self._privacy = PrivacyPolicy(config.privacy)
+        self._renders = KeyTemplate(config.key).matches(self.memory_key)
 
     async def read(self) -> list[Message]:
         """Every message, oldest first."""
@@ -460,6 +462,15 @@ class AsyncSafeMemoryInstance:
             delay = min(delay * 2, 0.2)
 
     def _require_publisher(self) -> EventPublisher:
+        if not self._renders:
+            # The consumer dead-letters such events before they reach the memory (invalid_key
+            # or memory_mismatch): refused here, where the writer can still be told.
+            raise InvalidKeyError(
+                f"{self.memory_key}: memory {self.config.id}'s key template "
+                f"{self.config.key!r} cannot render this key, so its events would be "
+                "dead-lettered; nothing was published",
+                value=self.memory_key,
+            )
         if self._publisher is None:
             raise NoPublisherError(
                 f"{self.memory_key}: this instance was built without a publisher; "

@@ -156,7 +156,7 @@ memories:
 """
 
 
-def test_a_non_persistable_role_is_reported_not_persisted_and_the_memory_found_by_its_key(
+def test_a_non_persistable_role_is_not_persisted_and_a_key_finds_its_memory(
     cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memories = tmp_path / "two.yaml"
@@ -169,8 +169,11 @@ def test_a_non_persistable_role_is_reported_not_persisted_and_the_memory_found_b
     assert "nothing was published" in result.stdout
     unknown = _invoke("append", "team:x", "--content", "hi", "--wait", "0")
     assert unknown.exit_code == 1
-    assert "no memory resource's key template matches team:x" in unknown.stderr
+    assert "no memory resource's key template renders team:x" in unknown.stderr
     assert "Traceback" not in unknown.output
+    other = _invoke("append", "private:u1", "--memory-id", "chat", "--content", "hi")
+    assert other.exit_code == 1
+    assert "belongs to memory private" in other.stderr and "memory_mismatch" in other.stderr
 
 
 def test_run_reports_a_known_failure_in_one_line(

@@ -13,6 +13,7 @@ from memory_core import (
     Category,
     DeadLetterReason,
     Draft,
+    InvalidKeyError,
     MemoryConfig,
     Published,
     RejectedEventError,
@@ -388,6 +389,16 @@ async def test_a_negative_wait_is_refused_before_anything_is_published() -> None
     with pytest.raises(ValueError, match="wait"):
         await rig.memory.append(Role.USER, "hi", wait=timedelta(seconds=-1))
     assert rig.publisher.appended == []
+
+
+async def test_a_key_the_memorys_template_cannot_render_is_refused_before_publishing() -> None:
+    rig = Rig()
+    memory = AsyncSafeMemoryInstance(
+        "team:x", CONFIG, store=rig.store, publisher=rig.publisher, clock=rig.clock
+    )
+    with pytest.raises(InvalidKeyError, match="cannot render this key"):
+        await memory.clear()
+    assert rig.publisher.others == []
 
 
 async def test_wait_applied_and_the_old_timeout_error_keep_working() -> None:
