@@ -55,6 +55,7 @@ def _environment(settings: Settings) -> dict[str, str]:
         "key_prefix",
         "memories_file",
         "cache_dir",
+        "apply_max_records",
     )
     env.update({f"MEMSTREAM_{f.upper()}": str(getattr(settings, f)) for f in fields})
     env["MEMSTREAM_ENCODINGS_DIR"] = str(settings.resolved_encodings_dir)
