@@ -356,10 +356,10 @@ def _write(
         raise _fail(str(exc), 1) from None
     except KafkaError as exc:
         raise _fail(f"cannot reach Kafka: {exc}", 1) from None
-    typer.echo(_outcome_line(outcome, config))
+    typer.echo(_outcome_line(outcome))
 
 
-def _outcome_line(outcome: WriteOutcome, config: MemoryConfig | None) -> str:
+def _outcome_line(outcome: WriteOutcome) -> str:
     subject = outcome.describe()
     status = outcome.status
     if status is WriteOutcomeStatus.APPLIED:
@@ -370,8 +370,7 @@ def _outcome_line(outcome: WriteOutcome, config: MemoryConfig | None) -> str:
             "(applied, unless that attempt was rejected); nothing changed"
         )
     if status is WriteOutcomeStatus.NOT_PERSISTED:
-        memory = f" of memory {config.id}" if config is not None else ""
-        return f"not persisted: {subject}: {outcome.detail}{memory}; nothing was published"
+        return f"not persisted: {subject}: {outcome.detail}; nothing was published"
     return f"published: {subject} (durable in the log; not waited for)"
 
 
