@@ -103,7 +103,9 @@ class MemoryCatalog:
         try:
             validate_memory_key(memory_key)
         except InvalidKeyError as exc:
-            raise RejectedEventError(DeadLetterReason.INVALID_KEY, str(exc)) from None
+            raise RejectedEventError(
+                DeadLetterReason.INVALID_KEY, f"{exc} (memory key {_shown(memory_key)})"
+            ) from None
         entry = self._entries.get(memory_id)
         if entry is None:
             raise RejectedEventError(
