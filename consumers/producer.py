@@ -70,7 +70,11 @@ class MemoryProducer(Component):
     async def start(self) -> None:
         """Connect, look up the active generation (idempotent)."""
         if not self._started:
-            await self._producer.start()
+            try:
+                await self._producer.start()
+            except BaseException:
+                await self._producer.stop()  # aiokafka leaves its connections open otherwise
+                raise
             self._started = True
             if self._resolve is not None:
                 self.generation = await self._resolve()

@@ -95,7 +95,9 @@ async def _append_until_flush_requested(memory: AsyncSafeMemoryInstance) -> tupl
     ids: list[str] = []
     while True:
         draft = Draft(uuid.uuid4().hex, _role(len(ids)), _text(len(ids)), int(time.time() * 1000))
-        [offset] = await memory.append_many([draft])
+        [outcome] = await memory.append_many([draft])
+        assert outcome.offset is not None
+        offset = outcome.offset
         ids.append(draft.id)
         if (await memory.health()).flush_seq:
             return ids, offset
@@ -245,7 +247,7 @@ async def test_an_explicit_flush_below_the_threshold_summarizes_the_oldest_messa
     app: App, pipeline: Runner, temporal_client: Client
 ) -> None:
     memory = _memory(app, "explicit")
-    ids = [await memory.append(Role.USER, _text(i)) for i in range(4)]
+    ids = [(await memory.append(Role.USER, _text(i))).message_id for i in range(4)]
     before = await memory.health()
     assert before.usage[Category.SHORT_TERM] < memory.config.flushing.threshold
     assert (before.flush_seq, before.flush_pending) == (0, False)
@@ -289,7 +291,7 @@ async def test_a_memory_recreated_after_its_ttl_expired_flushes_again(
     await _until(lambda: app.store.read(memory.memory_key), _flushed, 30, "first summary")
 
     await _until(lambda: app.store.read(memory.memory_key), lambda s: not s.exists, 10, "expiry")
-    ids = [await memory.append(Role.USER, _text(i)) for i in range(3, 6)]
+    ids = [(await memory.append(Role.USER, _text(i))).message_id for i in range(3, 6)]
     await memory.flush()
     # The recreated memory counts flushes from 1 again; its flush must still run.
     snap = await _until(
