@@ -8,7 +8,9 @@ linear scans, exact arithmetic for ``threshold × budget``. Property tests compa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 from fractions import Fraction
 
 import msgspec
@@ -19,6 +21,7 @@ from memory_core.models import (
     Kind,
     LoggedEvent,
     MemoryCleared,
+    MemoryEvent,
     MemoryFlushed,
     MemoryState,
     Message,
@@ -26,9 +29,15 @@ from memory_core.models import (
     Role,
 )
 
-WINDOW = 256
+WINDOW = 256  # W
 ORDER = ("system", "short_term", "long_term")
-REJECTION_WINDOW = 64
+REJECTION_WINDOW = 64  # R
+DEAD_LETTER_REASONS = (
+    "oversized_message",
+    "duplicate_message_id",
+    "orphan_tool_result",
+    "unrequested_flush",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class RefResult:
     reason: str | None = None
     evicted: tuple[str, ...] = ()
     redelivered: bool = False
+    tokens_saved: int = 0
 
 
 def category(m: Message) -> str:
@@ -84,12 +94,14 @@ class ReferenceMemory:
     budget: Budget
     threshold: float
     window: int = WINDOW
+    retry_after: timedelta = timedelta(minutes=5)
     messages: list[Message] = field(default_factory=list)
     last_offset: int = -1
     recent_event_ids: list[str] = field(default_factory=list)
     flush_seq: int = 0
     flush_pending: bool = False
     flush_offset: int = -1
+    flush_requested_at_ms: int | None = None
     last_flush_at_ms: int | None = None
     last_tokens_saved: int = 0
     tokens_saved_total: int = 0
@@ -105,6 +117,7 @@ class ReferenceMemory:
             flush_seq=self.flush_seq,
             flush_pending=self.flush_pending,
             flush_offset=self.flush_offset,
+            flush_requested_at_ms=self.flush_requested_at_ms,
             last_flush_at_ms=self.last_flush_at_ms,
             last_tokens_saved=self.last_tokens_saved,
             tokens_saved_total=self.tokens_saved_total,
@@ -128,50 +141,64 @@ class ReferenceMemory:
         return [self.apply(e) for e in events]
 
     def apply(self, logged: LoggedEvent) -> RefResult:
-        """Steps 1-4 of "Applying events" for one event."""
-        result = self._step(logged)
-        # 4. The flush rule, checked after every event; an applied FlushRequested skips the
-        # threshold.
-        forced = result.outcome == "applied" and isinstance(logged.event, FlushRequested)
+        """Steps 1-5 of "Applying events" for one event."""
+        offset, event = logged.offset, logged.event
+        # 1. Offset check: a redelivery changes nothing; a dead-lettered one is rejected again;
+        # the one at flush_offset requests the pending flush again.
+        if offset <= self.last_offset:
+            result = RefResult("duplicate_offset")
+            for o, reason in self.recent_rejections:
+                if o == offset and reason in DEAD_LETTER_REASONS:
+                    result = RefResult("rejected", reason, redelivered=True)
+            if self.flush_pending and offset == self.flush_offset:
+                self.flush_requests.append(self.flush_seq)
+            return result
+        # 2. Id check.
+        self.last_offset = offset
+        if event.event_id in self.recent_event_ids:
+            result = RefResult("duplicate_id")
+            self._record(offset, "duplicate_id")
+        else:
+            self.recent_event_ids = [*self.recent_event_ids, event.event_id][-self.window :]
+            # 3. The event itself; a rejection is recorded.
+            result = self._event(event)
+            if result.outcome == "rejected":
+                assert result.reason is not None
+                self._record(offset, result.reason)
+        # 4. The flush rule; an applied FlushRequested skips the threshold.
+        forced = result.outcome == "applied" and isinstance(event, FlushRequested)
         short = [m for m in self.messages if category(m) == "short_term"]
-        limit = Fraction(str(self.threshold)) * self.budget.short_term
-        over = self.budget.short_term > 0 and sum(m.tokens for m in short) >= limit
-        if not self.flush_pending and (forced or over) and len(short) >= 2:
+        limit = math.ceil(Fraction(str(self.threshold)) * self.budget.short_term)
+        if (
+            not self.flush_pending
+            and self.budget.short_term > 0
+            and (forced or sum(m.tokens for m in short) >= limit)
+            and len(short) >= 2
+        ):
             self.flush_seq += 1
             self.flush_pending = True
-            self.flush_offset = logged.offset
+            self.flush_offset = offset
+            self.flush_requested_at_ms = logged.at_ms
             self.flush_requests.append(self.flush_seq)
-        elif (
-            result.outcome == "duplicate_offset"
-            and self.flush_pending
-            and logged.offset == self.flush_offset
+        # 5. The flush retry.
+        elif self.flush_pending and (
+            self.flush_requested_at_ms is None
+            or logged.at_ms >= self.flush_requested_at_ms + self.retry_after_ms()
         ):
-            # The redelivered event that requested the pending flush requests it again.
             self.flush_requests.append(self.flush_seq)
+            self.flush_offset = offset
+            self.flush_requested_at_ms = logged.at_ms
         return result
 
-    def _step(self, logged: LoggedEvent) -> RefResult:
-        result = self._decide(logged)
-        if result.outcome == "rejected" and not result.redelivered:
-            self.recent_rejections = [*self.recent_rejections, (logged.offset, str(result.reason))][
-                -REJECTION_WINDOW:
-            ]
-        return result
+    def retry_after_ms(self) -> int:
+        """``flushing.retry_after`` in whole milliseconds."""
+        return math.floor(self.retry_after / timedelta(milliseconds=1))
 
-    def _decide(self, logged: LoggedEvent) -> RefResult:
-        # 1. Offsets at or below the last one are skipped, but a rejected one is rejected again.
-        if logged.offset <= self.last_offset:
-            for offset, reason in self.recent_rejections:
-                if offset == logged.offset:
-                    return RefResult("rejected", reason, redelivered=True)
-            return RefResult("duplicate_offset")
-        self.last_offset = logged.offset
-        # 2. Ids among the last W recorded ones are skipped.
-        event = logged.event
-        if event.event_id in self.recent_event_ids:
-            return RefResult("duplicate_id")
-        self.recent_event_ids = [*self.recent_event_ids, event.event_id][-self.window :]
-        # 3. The event itself.
+    def _record(self, offset: int, reason: str) -> None:
+        """Append to ``recent_rejections``, dropping the oldest past R."""
+        self.recent_rejections = [*self.recent_rejections, (offset, reason)][-REJECTION_WINDOW:]
+
+    def _event(self, event: MemoryEvent) -> RefResult:
         if isinstance(event, MessageAppended):
             return self._append(event.message)
         if isinstance(event, FlushRequested):
@@ -197,19 +224,25 @@ class ReferenceMemory:
         return RefResult("applied", evicted=tuple(x.id for x in self._evict()))
 
     def _flushed(self, event: MemoryFlushed) -> RefResult:
-        # The doc lists the pending-flag rule first, so even a summary rejected just below
-        # clears it (step 3's "a rejected event changes nothing else" is read as "no message").
-        if event.flush_seq == self.flush_seq:
-            self.flush_pending = False
-        s = event.summary
-        if s is None:
-            return RefResult("applied")
-        if s.tokens > self.budget.long_term:
-            return RefResult("rejected", "oversized_message")
-        present = [m for m in self.messages if m.id in s.covers]
-        if not present:
+        s = event.flush_seq
+        # 1. Never requested.
+        if s > self.flush_seq:
+            return RefResult("rejected", "unrequested_flush")
+        # 2. An older flush, or one no longer pending.
+        if s < self.flush_seq or not self.flush_pending:
             return RefResult("stale_flush")
-        if any(m.id == s.id for m in self.messages) and s.id not in s.covers:
+        # 3. The pending flush's result: it ends first, whatever follows.
+        self.flush_pending = False
+        summary = event.summary
+        if summary is None:
+            return RefResult("applied")
+        if summary.tokens > self.budget.long_term:
+            return RefResult("rejected", "oversized_message")
+        present = [m for m in self.messages if m.id in summary.covers]
+        saved = sum(m.tokens for m in present) - summary.tokens
+        if not present or saved <= 0:
+            return RefResult("stale_flush")
+        if any(m.id == summary.id for m in self.messages) and summary.id not in summary.covers:
             return RefResult("rejected", "duplicate_message_id")
         removed_calls = {c.id for m in present if m.role is Role.ASSISTANT for c in m.tool_calls}
         orphans = [
@@ -219,16 +252,16 @@ class ReferenceMemory:
             and m.tool_call_id in removed_calls
             and all(m is not p for p in present)
         ]
-        stored = msgspec.structs.replace(s, covers=tuple(m.id for m in present))
+        stored = msgspec.structs.replace(summary, covers=tuple(m.id for m in present))
         at = position(self.messages, present[0])
         kept = without(self.messages, present + orphans)
         # Everything before the first covered message stays, so it keeps its position.
         self.messages = [*kept[:at], stored, *kept[at:]]
         self.last_flush_at_ms = event.created_at_ms
-        self.last_tokens_saved = sum(m.tokens for m in present) - s.tokens
-        self.tokens_saved_total += self.last_tokens_saved
+        self.last_tokens_saved = saved
+        self.tokens_saved_total += saved
         evicted = orphans + self._evict()
-        return RefResult("applied", evicted=tuple(x.id for x in evicted))
+        return RefResult("applied", evicted=tuple(x.id for x in evicted), tokens_saved=saved)
 
     def _evict(self) -> list[Message]:
         evicted: list[Message] = []

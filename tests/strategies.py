@@ -9,12 +9,15 @@ floating point and in exact arithmetic; float rounding has its own example tests
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from itertools import pairwise
 
 from hypothesis import strategies as st
 
 from memory_core import (
     Budget,
+    Category,
     FlushRequested,
     Kind,
     LoggedEvent,
@@ -25,9 +28,12 @@ from memory_core import (
     Message,
     MessageAppended,
     Role,
+    TokenMemoryManager,
     ToolCall,
     parse_config,
 )
+from memory_core.values import replace
+from tests.reference_model import ReferenceMemory
 
 # --- builders ----------------------------------------------------------------------------------
 
@@ -209,7 +215,7 @@ _STEPS = (
     + ["result"] * 4
     + ["orphan", "dup_message_id", "summary_message", "clear"]
     + ["flush"] * 3
-    + ["request_flush"]
+    + ["request_flush"] * 3
     + ["redeliver_same_offset", "redeliver_new_offset", "redeliver_new_offset"]
 )
 
@@ -242,8 +248,10 @@ def event_logs(
     """A log of appends (with tool-call groups), clears and flush results, with redeliveries.
 
     Offsets usually grow with gaps; a redelivery repeats an earlier event either at its own
-    offset (a duplicate offset) or at a new one (a duplicate id within the window). With
-    ``summary_ids_may_collide`` a flush result's summary may reuse a message id of the log.
+    offset (a duplicate offset) or at a new one (a duplicate id within the window). Event times
+    (``at_ms``) grow by a second per event, except that an event published again keeps its
+    time. With ``summary_ids_may_collide`` a flush result's summary may reuse a message id of
+    the log.
     """
     events: list[LoggedEvent] = []
     message_ids: list[str] = []
@@ -262,7 +270,7 @@ def event_logs(
             if step == "redeliver_same_offset":
                 events.append(earlier)
                 continue
-            event = earlier.event
+            event, at = earlier.event, earlier.at_ms
         elif step == "call":
             calls = [f"c{i}.{j}" for j in range(draw(st.integers(1, 3)))]
             calls_made.extend(calls)
@@ -294,7 +302,7 @@ def event_logs(
         if isinstance(event, MessageAppended) and event.message.id not in message_ids:
             message_ids.append(event.message.id)
         offset += gap
-        events.append(LoggedEvent(offset=offset, event=event))
+        events.append(LoggedEvent(offset=offset, event=event, at_ms=at))
     return events
 
 
@@ -304,3 +312,91 @@ def batches(draw: st.DrawFn, events: Sequence[LoggedEvent]) -> list[list[LoggedE
     cuts = sorted(draw(st.lists(st.integers(0, len(events)), max_size=6)))
     bounds = [0, *cuts, len(events)]
     return [list(events[a:b]) for a, b in pairwise(bounds)]
+
+
+# --- memories with a log -----------------------------------------------------------------------
+
+id_windows = st.sampled_from([2, 3, 256])
+# Logged events are a second apart: a pending flush retried at every event, two seconds on,
+# or (5m) never.
+retry_afters = st.sampled_from(
+    [timedelta(milliseconds=1), timedelta(seconds=2), timedelta(minutes=5)]
+)
+# How a flush result's sequence is set: the memory's current one (most often), the one before
+# or after it, or as ``event_logs`` drew it.
+_SEQ_SHIFTS = (0, 0, 0, -1, 1, None)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A memory's limits and a log to apply to it."""
+
+    budget: Budget
+    threshold: float
+    window: int
+    retry_after: timedelta
+    events: list[LoggedEvent]
+
+    def manager(self) -> TokenMemoryManager:
+        """The manager of these limits."""
+        return TokenMemoryManager(
+            self.budget,
+            flush_threshold=self.threshold,
+            id_window=self.window,
+            flush_retry_after=self.retry_after,
+        )
+
+    def reference(self) -> ReferenceMemory:
+        """A fresh reference model of these limits."""
+        return ReferenceMemory(
+            self.budget, self.threshold, window=self.window, retry_after=self.retry_after
+        )
+
+
+@st.composite
+def memories(
+    draw: st.DrawFn,
+    *,
+    max_events: int = 40,
+    summary_ids_may_collide: bool = False,
+    retry_after: st.SearchStrategy[timedelta] = retry_afters,
+) -> Memory:
+    """Limits and an ``event_logs`` log whose flush results mostly answer the memory's flushes.
+
+    A flush result drawn blind would nearly always name a sequence never requested: each
+    (first) copy of one takes, most often, the flush sequence the memory is at when it
+    arrives, as the reference model counts it, and then may cover the oldest short-term
+    messages, as a flush's block would (a redelivered copy stays the same event).
+    """
+    m = Memory(
+        draw(budgets()),
+        draw(thresholds),
+        draw(id_windows),
+        draw(retry_after),
+        [],
+    )
+    raw = draw(event_logs(max_events=max_events, summary_ids_may_collide=summary_ids_may_collide))
+    reference = m.reference()
+    answered: dict[int, MemoryEvent] = {}
+    for logged in raw:
+        event = logged.event
+        if isinstance(event, MemoryFlushed):
+            if id(event) not in answered:
+                answered[id(event)] = draw(_answer(event, reference))
+            logged = replace(logged, event=answered[id(event)])
+        reference.apply(logged)
+        m.events.append(logged)
+    return m
+
+
+@st.composite
+def _answer(draw: st.DrawFn, event: MemoryFlushed, memory: ReferenceMemory) -> MemoryFlushed:
+    shift = draw(st.sampled_from(_SEQ_SHIFTS))
+    if shift is None:
+        return event
+    answer = replace(event, flush_seq=max(0, memory.flush_seq + shift))
+    short = [m.id for m in memory.messages if m.category is Category.SHORT_TERM]
+    if shift == 0 and answer.summary is not None and len(short) >= 2 and draw(st.booleans()):
+        block = short[: draw(st.integers(2, 4))]
+        answer = replace(answer, summary=replace(answer.summary, covers=tuple(block)))
+    return answer

@@ -874,9 +874,7 @@ def test_a_pending_flush_is_requested_again_once_retry_after_has_passed() -> Non
         _at(1_000 + _MINUTE, 6, appended(message("x1", Role.USER, 1))),
         _at(1_000 + _MINUTE + 1, 7, appended(message("x2", Role.USER, 1))),
     ]
-    result = _apply(
-        budget(short_term=100), events, threshold=0.5, retry_after=timedelta(minutes=1)
-    )
+    result = _apply(budget(short_term=100), events, threshold=0.5, retry_after=timedelta(minutes=1))
     assert result.flush_requests == (1, 1)
     state = result.state
     assert (state.flush_seq, state.flush_pending) == (1, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 import msgspec
 from hypothesis import example, given, settings
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 from memory_core import (
     Budget,
     Category,
+    DeadLetterReason,
     EventResult,
+    FlushRequested,
     HybridFlushingStrategy,
     LoggedEvent,
     MemoryCleared,
@@ -28,27 +31,24 @@ from memory_core import (
     TokenCounter,
     TokenMemoryManager,
 )
-from tests.reference_model import ReferenceMemory
 from tests.strategies import (
+    Memory,
     appended,
     batches,
     budget,
-    budgets,
     conversations,
-    event_logs,
     flushed,
     log,
+    memories,
     memory_configs,
     message,
     summary,
-    thresholds,
 )
 
 # Whole-log comparisons get 200 logs; the per-event invariants, which check every event of
 # every log, get 100 each (generating logs is most of the time; the folder stays fast).
 PROPERTY = settings(max_examples=100, deadline=None)
 WHOLE_LOG = settings(max_examples=200, deadline=None)
-windows = st.sampled_from([2, 3, 256])
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,10 @@ class Step:
     flush_requests: tuple[int, ...]
 
 
-def _steps(
-    b: Budget, threshold: float, window: int, events: Sequence[LoggedEvent]
-) -> Iterator[Step]:
-    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+def _steps(mem: Memory) -> Iterator[Step]:
+    manager = mem.manager()
     state = MemoryState()
-    for logged in events:
+    for logged in mem.events:
         applied = manager.apply(state, [logged])
         yield Step(state, logged, applied.results[0], applied.state, applied.flush_requests)
         state = applied.state
@@ -91,19 +89,24 @@ def _budget_of(b: Budget, c: Category) -> int:
     return {Category.SYSTEM: b.system, Category.SHORT_TERM: b.short_term}.get(c, b.long_term)
 
 
-def _outcome(r: EventResult) -> tuple[str, str | None, tuple[str, ...]]:
-    return (r.outcome.value, r.reason.value if r.reason else None, tuple(m.id for m in r.evicted))
+def _outcome(r: EventResult) -> tuple[str, str | None, tuple[str, ...], bool, int]:
+    return (
+        r.outcome.value,
+        r.reason.value if r.reason else None,
+        tuple(m.id for m in r.evicted),
+        r.redelivered,
+        r.tokens_saved,
+    )
 
 
 # --- invariants of every step -------------------------------------------------------------------
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_budgets_are_never_exceeded_after_any_event(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_budgets_are_never_exceeded_after_any_event(mem: Memory) -> None:
+    b = mem.budget
+    for step in _steps(mem):
         for category, tokens in step.after.tokens_by_category().items():
             assert tokens <= _budget_of(b, category), (category, step.event)
         if b.max_messages is not None:
@@ -111,11 +114,9 @@ def test_budgets_are_never_exceeded_after_any_event(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_surviving_messages_keep_their_relative_order(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_surviving_messages_keep_their_relative_order(mem: Memory) -> None:
+    for step in _steps(mem):
         kept_before = [m for m in step.before.messages if _contains(step.after.messages, m)]
         kept_after = [m for m in step.after.messages if _contains(step.before.messages, m)]
         assert [m.id for m in kept_before] == [m.id for m in kept_after]
@@ -130,11 +131,9 @@ def test_surviving_messages_keep_their_relative_order(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_an_append_evicts_the_oldest_messages_of_a_category_first(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_an_append_evicts_the_oldest_messages_of_a_category_first(mem: Memory) -> None:
+    for step in _steps(mem):
         event = step.event.event
         if not isinstance(event, MessageAppended) or step.result.outcome is not Outcome.APPLIED:
             continue
@@ -148,11 +147,9 @@ def test_an_append_evicts_the_oldest_messages_of_a_category_first(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_system_messages_are_never_evicted_by_a_non_system_event(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_system_messages_are_never_evicted_by_a_non_system_event(mem: Memory) -> None:
+    for step in _steps(mem):
         event = step.event.event
         if isinstance(event, MessageAppended) and event.message.category is Category.SYSTEM:
             continue
@@ -160,11 +157,9 @@ def test_system_messages_are_never_evicted_by_a_non_system_event(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_a_tool_result_is_never_held_without_the_call_it_answers(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_a_tool_result_is_never_held_without_the_call_it_answers(mem: Memory) -> None:
+    for step in _steps(mem):
         messages = step.after.messages
         for j, m in enumerate(messages):
             if m.role is Role.TOOL:
@@ -175,11 +170,9 @@ def test_a_tool_result_is_never_held_without_the_call_it_answers(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_messages_leave_memory_only_by_eviction_summary_or_clear(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_messages_leave_memory_only_by_eviction_summary_or_clear(mem: Memory) -> None:
+    for step in _steps(mem):
         event, result = step.event.event, step.result
         before, after = step.before.messages, step.after.messages
         gone = [m for m in before if not _contains(after, m)]
@@ -207,11 +200,9 @@ def test_messages_leave_memory_only_by_eviction_summary_or_clear(
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_applied_summary_covers_exactly_the_messages_it_removed(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories())
+def test_applied_summary_covers_exactly_the_messages_it_removed(mem: Memory) -> None:
+    for step in _steps(mem):
         event = step.event.event
         if not isinstance(event, MemoryFlushed) or step.result.outcome is not Outcome.APPLIED:
             continue
@@ -229,68 +220,146 @@ def test_applied_summary_covers_exactly_the_messages_it_removed(
 _SUMMARY_ID_TAKEN = log(
     appended(message("m0", Role.USER, 5)),
     appended(message("m1", Role.USER, 5)),
-    flushed(0, summary("m0", 3, ["m1"])),
+    FlushRequested("flush-now"),
+    flushed(1, summary("m0", 3, ["m1"])),
 )
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs(summary_ids_may_collide=True))
-@example(budget(), 1.0, 256, _SUMMARY_ID_TAKEN)
-def test_message_ids_stay_unique_in_memory(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    for step in _steps(b, threshold, window, events):
+@given(memories(summary_ids_may_collide=True))
+@example(Memory(budget(), 1.0, 256, timedelta(minutes=5), _SUMMARY_ID_TAKEN))
+def test_message_ids_stay_unique_in_memory(mem: Memory) -> None:
+    for step in _steps(mem):
         ids = [m.id for m in step.after.messages]
         assert len(ids) == len(set(ids)), (ids, step.event)
 
 
 @PROPERTY
-@given(budgets(), thresholds, windows, event_logs())
-def test_flush_sequences_are_requested_in_order_and_only_repeated_on_redelivery(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
+@given(memories())
+def test_flush_sequences_are_requested_in_order_and_only_repeated_on_redelivery_or_retry(
+    mem: Memory,
 ) -> None:
     last = 0
-    for step in _steps(b, threshold, window, events):
+    retry_ms = mem.retry_after // timedelta(milliseconds=1)
+    for step in _steps(mem):
+        before, after = step.before, step.after
         for seq in step.flush_requests:
             if seq == last:
-                # Only the redelivered event that requested the still-pending flush repeats it.
-                assert step.result.outcome is Outcome.DUPLICATE_OFFSET
-                assert step.before.flush_pending
-                assert step.event.offset == step.before.flush_offset
+                assert before.flush_pending and after.flush_pending
+                if step.event.offset <= before.last_offset:
+                    # The redelivered event that requested the still-pending flush repeats it.
+                    assert step.event.offset == before.flush_offset
+                    assert after == before
+                else:
+                    # A retry: the flush is still pending retry_after after its request.
+                    requested = before.flush_requested_at_ms
+                    assert requested is None or step.event.at_ms >= requested + retry_ms
+                    assert after.flush_offset == step.event.offset
+                    assert after.flush_requested_at_ms == step.event.at_ms
             else:
                 assert seq == last + 1
-                if step.before.flush_pending:
+                assert after.flush_requested_at_ms == step.event.at_ms
+                if before.flush_pending:
                     # Only a clear or the pending flush's own result ends a pending flush.
                     event = step.event.event
                     assert isinstance(event, MemoryCleared) or (
-                        isinstance(event, MemoryFlushed)
-                        and event.flush_seq == step.before.flush_seq
+                        isinstance(event, MemoryFlushed) and event.flush_seq == before.flush_seq
                     )
             last = seq
-        assert step.after.flush_seq == last
+        assert after.flush_seq == last
+
+
+@PROPERTY
+@given(memories())
+def test_a_flush_result_never_makes_a_memory_larger(mem: Memory) -> None:
+    total = 0
+    for step in _steps(mem):
+        assert step.result.tokens_saved >= 0
+        assert step.after.last_tokens_saved >= 0
+        assert step.after.tokens_saved_total == total + step.result.tokens_saved
+        total = step.after.tokens_saved_total
+        event = step.event.event
+        if not isinstance(event, MemoryFlushed):
+            continue
+        before, after = step.before.tokens(), step.after.tokens()
+        assert after <= before, step.event
+        if step.result.outcome is Outcome.APPLIED and event.summary is not None:
+            assert step.result.tokens_saved >= 1
+            assert after <= before - step.result.tokens_saved
+        else:
+            assert step.result.tokens_saved == 0
+            assert step.after.messages == step.before.messages
+
+
+@PROPERTY
+@given(memories())
+def test_only_a_result_of_the_pending_flush_changes_anything(mem: Memory) -> None:
+    for step in _steps(mem):
+        event, before, after = step.event.event, step.before, step.after
+        if (
+            not isinstance(event, MemoryFlushed)
+            or step.event.offset <= before.last_offset  # a redelivery: nothing changes
+            or step.result.outcome is Outcome.DUPLICATE_ID
+        ):
+            continue
+        if event.flush_seq > before.flush_seq:
+            assert step.result.reason is DeadLetterReason.UNREQUESTED_FLUSH
+        elif event.flush_seq < before.flush_seq or not before.flush_pending:
+            assert step.result.outcome is Outcome.STALE_FLUSH
+        else:
+            assert not after.flush_pending or after.flush_seq == before.flush_seq + 1
+            continue
+        assert after.messages == before.messages
+        assert after.flush_pending == before.flush_pending
+        assert after.last_flush_at_ms == before.last_flush_at_ms
+
+
+def _found(state: MemoryState, offset: int) -> str:
+    """An event's outcome as a writer reads it from the state (docs: "Finding an event's
+    outcome")."""
+    for o, reason in state.recent_rejections:
+        if o == offset:
+            return "duplicate" if reason == "duplicate_id" else "rejected"
+    rejections = state.recent_rejections
+    if len(rejections) == 64 and all(o > offset for o, _ in rejections):
+        return "unknown"
+    return "applied"
+
+
+@PROPERTY
+@given(memories(max_events=120))
+def test_a_writer_finds_its_events_outcome_in_the_state(mem: Memory) -> None:
+    result = mem.manager().apply(MemoryState(), mem.events)
+    first: dict[int, str] = {}
+    for logged, r in zip(mem.events, result.results, strict=True):
+        if r.outcome is Outcome.DUPLICATE_OFFSET or r.redelivered:
+            continue
+        first[logged.offset] = {
+            Outcome.REJECTED: "rejected",
+            Outcome.DUPLICATE_ID: "duplicate",
+        }.get(r.outcome, "applied")
+    for offset, outcome in first.items():
+        assert _found(result.state, offset) in (outcome, "unknown"), offset
+    # Only an entry that left the window is unknown.
+    kept = len(result.state.recent_rejections)
+    assert kept == min(64, sum(1 for o in first.values() if o != "applied"))
 
 
 # --- whole logs ---------------------------------------------------------------------------------
 
 
 @WHOLE_LOG
-@given(budgets(), thresholds, windows, event_logs())
-def test_same_state_and_log_always_give_the_same_result(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+@given(memories())
+def test_same_state_and_log_always_give_the_same_result(mem: Memory) -> None:
+    manager, events = mem.manager(), mem.events
     assert manager.apply(MemoryState(), events) == manager.apply(MemoryState(), events)
-    again = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
-    assert manager.apply(MemoryState(), events) == again.apply(MemoryState(), events)
+    assert manager.apply(MemoryState(), events) == mem.manager().apply(MemoryState(), events)
 
 
 @WHOLE_LOG
-@given(budgets(), thresholds, windows, st.data())
-def test_cutting_a_log_into_batches_changes_nothing(
-    b: Budget, threshold: float, window: int, data: st.DataObject
-) -> None:
-    events = data.draw(event_logs())
-    manager = TokenMemoryManager(b, flush_threshold=threshold, id_window=window)
+@given(memories(), st.data())
+def test_cutting_a_log_into_batches_changes_nothing(mem: Memory, data: st.DataObject) -> None:
+    manager, events = mem.manager(), mem.events
     whole = manager.apply(MemoryState(), events)
     state = MemoryState()
     results: list[EventResult] = []
@@ -306,17 +375,13 @@ def test_cutting_a_log_into_batches_changes_nothing(
 
 
 @WHOLE_LOG
-@given(budgets(), thresholds, windows, event_logs())
-def test_manager_agrees_with_the_reference_model(
-    b: Budget, threshold: float, window: int, events: list[LoggedEvent]
-) -> None:
-    result = TokenMemoryManager(b, flush_threshold=threshold, id_window=window).apply(
-        MemoryState(), events
-    )
-    reference = ReferenceMemory(b, threshold, window=window)
-    expected = reference.apply_all(events)
+@given(memories())
+def test_manager_agrees_with_the_reference_model(mem: Memory) -> None:
+    result = mem.manager().apply(MemoryState(), mem.events)
+    reference = mem.reference()
+    expected = reference.apply_all(mem.events)
     assert [_outcome(r) for r in result.results] == [
-        (r.outcome, r.reason, r.evicted) for r in expected
+        (r.outcome, r.reason, r.evicted, r.redelivered, r.tokens_saved) for r in expected
     ]
     assert result.state == reference.state()
     assert list(result.flush_requests) == reference.flush_requests
