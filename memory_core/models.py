@@ -136,7 +136,10 @@ class FlushRequested(Value, frozen=True):
 
 
 class MemoryFlushed(Value, frozen=True):
-    """A flush result: replace the covered messages by ``summary``; ``summary`` None aborts."""
+    """A flush result: replace the covered messages by ``summary``; ``summary`` None aborts.
+
+    Only the result of the memory's pending flush (``flush_seq`` equal to the state's) applies.
+    """
 
     event_id: str
     flush_seq: int

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import replace as replace_dataclass
 
 import pytest
+from hypothesis import given, settings
 
 from memory_core import (
     Budget,
@@ -12,6 +15,7 @@ from memory_core import (
     HybridFlushingStrategy,
     Kind,
     LoggedEvent,
+    MemoryConfig,
     MemoryFlushed,
     MemoryState,
     Message,
@@ -21,7 +25,8 @@ from memory_core import (
     TokenMemoryManager,
     ToolCall,
 )
-from tests.strategies import budget, summary
+from memory_core.values import replace
+from tests.strategies import budget, conversations, memory_configs, summary
 
 
 def _msg(
@@ -309,3 +314,80 @@ def test_applying_a_plan_replaces_exactly_its_block(counter: TokenCounter) -> No
     assert result.state.messages[1].covers == ("a", "t", "u0")
     assert result.state.last_tokens_saved == plan.tokens_saved
     assert result.state.flush_pending is False
+
+
+# --- the summary, as docs/semantics.md ("Flushing") states it -----------------------------------
+
+
+def _doc_cut(counter: TokenCounter, s: str, n: int) -> str:
+    """``cut(s, n)`` of the doc."""
+    enc = counter.encoding
+    if n <= 0:
+        return ""
+    if len(enc.encode_ordinary(s)) <= n:
+        return s
+    for c in range(n, 0, -1):
+        p = enc.decode(enc.encode_ordinary(s)[:c], errors="ignore")
+        if len(enc.encode_ordinary(p)) <= n:
+            return p
+    return ""
+
+
+def _doc_content(
+    counter: TokenCounter, config: MemoryConfig, b: Budget, block: Sequence[Message]
+) -> str:
+    """The summary content of ``block`` by the doc's formula ("" for nothing to flush)."""
+
+    def t(s: str) -> int:
+        return len(counter.encoding.encode_ordinary(s))
+
+    limit = min(config.flushing.summary_tokens, b.long_term, sum(m.tokens for m in block) - 1)
+    empty = counter.chat_format.tokens_per_message + t("system")
+    room = limit - empty
+    if room <= 0:
+        return ""
+    first, rest = block[0], list(block[1:])
+    r = config.flushing.summary_recent_messages
+    recent = rest[len(rest) - min(r, len(rest)) :] if r else []
+    omitted = len(rest) - len(recent)
+    q = 1 + len(recent)
+    header = f"Summary of {len(block)} earlier messages:"
+    per_line = max(math.floor((room - t(header) - 8 * (q + 1)) / q), 0)
+
+    def quote(m: Message) -> str:
+        who = m.role.value if m.name is None else f"{m.role.value} {m.name}"
+        return "[" + who + "] " + _doc_cut(counter, m.content, per_line)
+
+    lines = [header, quote(first)]
+    if omitted > 0:
+        lines.append(f"\u2026 {omitted} messages omitted \u2026")
+    lines += [quote(m) for m in recent]
+    return _doc_cut(counter, "\n".join(lines), room)
+
+
+@settings(max_examples=150, deadline=None)
+@given(config=memory_configs(), conversation=conversations(max_size=14))
+def test_summary_is_the_documented_formula_token_for_token(
+    counter: TokenCounter, config: MemoryConfig, conversation: list[Message]
+) -> None:
+    b = replace_dataclass(config.budget, system=10**6, short_term=10**6, max_messages=None)
+    messages = tuple(
+        replace(m, tokens=counter.message_tokens(m.role.value, m.content, m.name, m.tool_calls))
+        for m in conversation
+    )
+    state = MemoryState(messages=messages, flush_seq=3, flush_pending=True)
+    strategy = HybridFlushingStrategy(config.flushing, b, counter)
+    block = strategy.block(state)
+    expected = _doc_content(counter, config, b, block) if len(block) >= 2 else ""
+    try:
+        plan = strategy.plan(state, memory_key="k", summary_id="summary:3:k", now_ms=7)
+    except NothingToFlushError:
+        assert expected == ""
+        return
+    assert plan.summary.content == expected
+    assert plan.summary.tokens == (
+        counter.chat_format.tokens_per_message
+        + counter.text_tokens("system")
+        + counter.text_tokens(expected)
+    )
+    assert 1 <= plan.tokens_saved == sum(m.tokens for m in block) - plan.summary.tokens
