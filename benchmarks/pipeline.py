@@ -154,7 +154,9 @@ async def _naive(settings: Settings, limit: int) -> float:
                 decoded.memory_key, ttl=timedelta(seconds=10), timeout=timedelta(seconds=5)
             )
             batch = KeyBatch(
-                decoded.memory_key, decoded.entry.policy, [LoggedEvent(rec.offset, decoded.event)]
+                decoded.memory_key,
+                decoded.entry.policy,
+                [LoggedEvent(rec.offset, decoded.event, decoded.at_ms)],
             )
             await store.apply([batch], lease.owner)
             await consumer.commit()

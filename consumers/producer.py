@@ -15,7 +15,6 @@ from consumers.generations import Generation, topic_sealed
 from consumers.lifecycle import Component
 from consumers.telemetry import Telemetry, inject_headers
 from memory_core import Draft, MemstreamError, Message, Published, SystemClock, validate_memory_key
-from memory_core.values import replace
 from schemas import MEMORY_EVENT, AvroCodec
 
 log = logging.getLogger(__name__)
@@ -243,7 +242,7 @@ class MemoryProducer(Component):
             return list(zip(drafts, event_ids, strict=True))
         privacy = entry.policy.privacy
         return [
-            (replace(d, content=privacy.redact(d.content)), eid)
+            (privacy.redact_draft(d), eid)
             for d, eid in zip(drafts, event_ids, strict=True)
             if privacy.persists(d.role)
         ]

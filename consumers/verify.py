@@ -93,7 +93,7 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
                         continue
                     if decoded.event is not None:
                         out.events[decoded.memory_key].append(
-                            LoggedEvent(rec.offset, decoded.event)
+                            LoggedEvent(rec.offset, decoded.event, decoded.at_ms)
                         )
                         out.policies[decoded.memory_key] = decoded.entry.policy
                         out.homes[decoded.memory_key] = f"{rec.topic}:{rec.partition}"

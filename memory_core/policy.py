@@ -27,7 +27,11 @@ class MemoryPolicy:
         """Derive the policy of ``config``."""
         return cls(
             config=config,
-            manager=TokenMemoryManager(config.budget, flush_threshold=config.flushing.threshold),
+            manager=TokenMemoryManager(
+                config.budget,
+                flush_threshold=config.flushing.threshold,
+                flush_retry_after=config.flushing.retry_after,
+            ),
             privacy=PrivacyPolicy(config.privacy),
             fingerprint=config.fingerprint(),
             ttl_ms=int(config.persistence.ttl.total_seconds() * 1000),

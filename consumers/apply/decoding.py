@@ -115,7 +115,7 @@ class Decoder:
             w = work.get(decoded.memory_key)
             if w is None:
                 w = work[decoded.memory_key] = KeyWork(decoded.entry.policy.config.id, tp)
-            w.events.append(LoggedEvent(rec.offset, event))
+            w.events.append(LoggedEvent(rec.offset, event, decoded.at_ms))
             w.records.append(rec)
         batch.decoded[tp] = len(records)
         return True

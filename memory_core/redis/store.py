@@ -400,6 +400,7 @@ class RedisMemoryStore:
             flush_seq=state.flush_seq,
             flush_pending=state.flush_pending,
             flush_offset=state.flush_offset,
+            flush_requested_at_ms=state.flush_requested_at_ms,
             last_flush_at_ms=state.last_flush_at_ms,
             last_tokens_saved=state.last_tokens_saved,
             tokens_saved_total=state.tokens_saved_total,

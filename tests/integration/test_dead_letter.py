@@ -6,6 +6,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +15,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from consumers import deadletter
-from consumers.bootstrap import App
-from consumers.events import appended_payload, envelope
+from consumers.bootstrap import App, build_app
+from consumers.events import appended_payload, envelope, flushed_payload
+from consumers.settings import Settings
 from consumers.verify import verify
 from memory_core import DeadLetterReason, Draft, Role
 from memory_core.redis import RedisMemoryStore
 from schemas import FLUSH_COMMAND, MEMORY_EVENT
 from tests.integration.test_ordering import apply_consumer, drain, read_topic
+from tests.services import MEMORIES
 
 BASE_MS = 1_700_000_000_000
 
@@ -34,6 +37,15 @@ class Sent:
     partition: int
     offset: int
     reason: DeadLetterReason | None  # None: a valid event
+
+
+@pytest.fixture
+async def app(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterator[App]:
+    """The pipeline's ``chat`` memory and a ``notes`` one, whose keys ``chat`` must refuse."""
+    path = tmp_path / "memories-notes.yaml"
+    path.write_text(MEMORIES + '  - {id: notes, key: "notes:{owner}", max_tokens: 400}\n')
+    async with build_app(pipeline_settings.model_copy(update={"memories_file": path})) as built:
+        yield built
 
 
 @pytest.fixture
@@ -97,11 +109,33 @@ async def test_every_kind_of_malformed_event_is_dead_lettered_between_applied_on
         ),
         (
             DeadLetterReason.INVALID_KEY,
-            key.encode(),
+            b"agent:{x}:user:*",
             encode(MEMORY_EVENT, _message("agent:{x}:user:*", "k2")),
         ),
+        # A key no resource's template renders.
+        (DeadLetterReason.INVALID_KEY, b"foo", encode(MEMORY_EVENT, _message("foo", "k4"))),
         # The record key must be the event's memory key (it decides the partition).
-        (DeadLetterReason.INVALID_KEY, key.encode(), encode(MEMORY_EVENT, _message(other, "k3"))),
+        (DeadLetterReason.KEY_MISMATCH, key.encode(), encode(MEMORY_EVENT, _message(other, "k3"))),
+        (DeadLetterReason.KEY_MISMATCH, None, encode(MEMORY_EVENT, _message(key, "k5"))),
+        # A key of the `notes` resource sent as a `chat` event.
+        (
+            DeadLetterReason.MEMORY_MISMATCH,
+            b"notes:x",
+            encode(MEMORY_EVENT, _message("notes:x", "k6")),
+        ),
+        (
+            DeadLetterReason.INVALID_TIMESTAMP,
+            key.encode(),
+            encode(MEMORY_EVENT, {**_message(key, "old"), "occurred_at": -1}),
+        ),
+        (
+            DeadLetterReason.UNREQUESTED_FLUSH,
+            key.encode(),
+            encode(
+                MEMORY_EVENT,
+                envelope(key, "chat", BASE_MS, flushed_payload(5, None, 0), event_id="fl5"),
+            ),
+        ),
         (
             DeadLetterReason.UNKNOWN_MEMORY,
             key.encode(),
@@ -135,7 +169,10 @@ async def test_every_kind_of_malformed_event_is_dead_lettered_between_applied_on
         ),
         (DeadLetterReason.INVALID_EVENT, key.encode(), encode(MEMORY_EVENT, _message(key, ""))),
     ]
-    assert {reason for reason, _, _ in bad} == set(DeadLetterReason)
+    # wrong_partition has its own tests (tests/integration/test_home_partition.py).
+    assert {reason for reason, _, _ in bad} == set(DeadLetterReason) - {
+        DeadLetterReason.WRONG_PARTITION
+    }
 
     sent: list[Sent] = []
 

@@ -18,6 +18,7 @@ from consumers.bootstrap import make_redis
 from consumers.settings import Settings
 from memory_core import (
     Category,
+    FlushRequested,
     LoggedEvent,
     MemoryConfig,
     MemoryPolicy,
@@ -287,8 +288,10 @@ async def test_an_ids_window_stored_as_a_list_is_read_and_replaced(redis: Redis)
 async def test_a_flush_result_replaces_exactly_the_covered_messages(redis: Redis) -> None:
     store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
     policy = _policy()
-    await store.apply([KeyBatch("u:f", policy, _user_log(6))], "w")
-    result = flushed(0, summary("s", 5, ["m1", "m2", "gone"]), event_id="f", created_at_ms=9)
+    # The memory asks for the flush (sequence 1); only a result for it may apply.
+    request = LoggedEvent(6, FlushRequested("req"))
+    await store.apply([KeyBatch("u:f", policy, [*_user_log(6), request])], "w")
+    result = flushed(1, summary("s", 5, ["m1", "m2", "gone"]), event_id="f", created_at_ms=9)
     await store.apply([KeyBatch("u:f", policy, [LoggedEvent(10, result)])], "w")
     snap = await store.read("u:f")
     assert [m.id for m in snap.messages] == ["m0", "s", "m3", "m4", "m5"]
