@@ -28,16 +28,7 @@ from memory_core.errors import (
 from memory_core.eviction import ApplyResult, EventResult, Outcome, TokenMemoryManager
 from memory_core.flushing import FlushPlan, HybridFlushingStrategy, flush_due
 from memory_core.health import MemoryHealth
-from memory_core.instance import (
-    AsyncSafeMemoryInstance,
-    NoPublisherError,
-    Page,
-    RejectedWriteError,
-    UnconfirmedWriteError,
-    WriteOutcome,
-    WriteOutcomeStatus,
-    WriteTimeoutError,
-)
+from memory_core.instance import AsyncSafeMemoryInstance, NoPublisherError, Page
 from memory_core.keys import KeyTemplate, validate_memory_key
 from memory_core.models import (
     Category,
@@ -73,6 +64,13 @@ from memory_core.tokens import (
     encoding_for_model,
 )
 from memory_core.toolcalls import tool_unit
+from memory_core.writes import (
+    RejectedWriteError,
+    UnconfirmedWriteError,
+    WriteOutcome,
+    WriteOutcomeStatus,
+    WriteTimeoutError,
+)
 
 __all__ = [
     "SUPPORTED_ENCODINGS",

@@ -28,7 +28,7 @@ from memory_core import (
     parse_config,
 )
 from memory_core.eviction import REJECTION_WINDOW
-from memory_core.instance import settle_outcome
+from memory_core.writes import settle_outcome
 
 KEY = "agent:a1:user:u1"
 TOPIC = "events"
