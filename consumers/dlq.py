@@ -165,16 +165,22 @@ async def _redrive(
     return report
 
 
-async def _source_value(settings: Settings, source: str) -> bytes | None:
-    """The value of the record at ``source`` (a dead letter too large to carry it)."""
-    topic, partition, offset = source.rsplit(":", 2)
-    tp = TopicPartition(topic, int(partition))
-    consumer = AIOKafkaConsumer(
+def _reader(settings: Settings) -> AIOKafkaConsumer:
+    # No group, no commits; large fetches: dead letters may carry records of almost 1 MB,
+    # and a truncated one's original is larger.
+    return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
+
+
+async def _source_value(settings: Settings, source: str) -> bytes | None:
+    """The value of the record at ``source`` (a dead letter too large to carry it)."""
+    topic, partition, offset = source.rsplit(":", 2)
+    tp = TopicPartition(topic, int(partition))
+    consumer = _reader(settings)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -193,12 +199,7 @@ async def _read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes
     count = await topic_partition_count(settings, topic)
     if count is None:
         raise MemstreamError(f"the dead-letter topic {topic} does not exist")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    consumer = _reader(settings)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(count)]

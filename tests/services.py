@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from temporalio.client import Client
 
@@ -101,6 +102,15 @@ async def app(pipeline_settings: Settings) -> AsyncIterator[App]:
     """The composition root for this test's settings."""
     async with build_app(pipeline_settings) as built:
         yield built
+
+
+@pytest.fixture
+async def raw_producer(app: App) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain producer: records exactly as the test builds them, where the test says."""
+    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
 
 
 @pytest.fixture

@@ -48,15 +48,6 @@ async def app(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterator[App]
         yield built
 
 
-@pytest.fixture
-async def raw_producer(app: App) -> AsyncIterator[AIOKafkaProducer]:
-    """A plain producer on the events topic: records exactly as the test builds them."""
-    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
-
-
 def _message(
     memory_key: str,
     message_id: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from tests.integration.test_cli import cli_env  # noqa: F401  (fixture)
 from tests.integration.test_ordering import apply_consumer, drain
 
 BASE_MS = 1_700_000_000_000
-
-
-@pytest.fixture
-async def raw_producer(app: App) -> AsyncIterator[AIOKafkaProducer]:
-    """A plain producer: records land where the test says."""
-    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 def _value(app: App, key: str, n: int) -> bytes:

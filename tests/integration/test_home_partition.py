@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
@@ -27,15 +24,6 @@ def _record(app: App, key: str, n: int) -> bytes:
         MEMORY_EVENT,
         envelope(key, "chat", BASE_MS + n, appended_payload(draft), event_id=f"{key}-e{n}"),
     )
-
-
-@pytest.fixture
-async def raw_producer(app: App) -> AsyncIterator[AIOKafkaProducer]:
-    """A plain producer: records land where the test says."""
-    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 def _keys(app: App, n: int) -> list[str]:

@@ -40,15 +40,6 @@ async def app(test_settings: Settings, tmp_path: Path) -> AsyncIterator[App]:
         yield built
 
 
-@pytest.fixture
-async def raw_producer(app: App) -> AsyncIterator[AIOKafkaProducer]:
-    """A plain producer on the events topic: records exactly as the test builds them."""
-    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield producer
-    await producer.stop()
-
-
 def _appended(key: str, n: int, *, memory_id: str = "chat", at: int = AT) -> dict[str, Any]:
     draft = Draft(f"m{n}", Role.USER, f"message {n}", at)
     return envelope(key, memory_id, at, appended_payload(draft), event_id=f"{key}-e{n}")
