@@ -125,8 +125,8 @@ async def redrive(
     markers = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
     )
-    await markers.start()
     try:
+        await markers.start()
         return await _redrive(settings, producer, markers, entries, dry_run, echo)
     finally:
         await markers.stop()
@@ -181,8 +181,8 @@ async def _source_value(settings: Settings, source: str) -> bytes | None:
     topic, partition, offset = source.rsplit(":", 2)
     tp = TopicPartition(topic, int(partition))
     consumer = _reader(settings)
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign([tp])
         consumer.seek(tp, int(offset))
         for _ in range(20):
@@ -200,8 +200,8 @@ async def _read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes
     if count is None:
         raise MemstreamError(f"the dead-letter topic {topic} does not exist")
     consumer = _reader(settings)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = [TopicPartition(topic, p) for p in range(count)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

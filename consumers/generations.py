@@ -108,8 +108,8 @@ async def read_generations(settings: Settings) -> list[Generation]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
     )
-    await consumer.start()
     try:
+        await consumer.start()
         if tp.topic not in await consumer.topics():
             return []
         consumer.assign([tp])
@@ -133,8 +133,8 @@ async def record_generation(settings: Settings, generation: Generation) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
     )
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(
             generations_topic(settings), generation.to_json(), key=settings.events_topic.encode()
         )
@@ -145,8 +145,8 @@ async def record_generation(settings: Settings, generation: Generation) -> None:
 async def topic_partition_count(settings: Settings, topic: str) -> int | None:
     """How many partitions ``topic`` has now (None if it does not exist)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
@@ -162,8 +162,8 @@ SEALED_MAX_MESSAGE_BYTES = "0"
 async def topic_sealed(bootstrap_servers: str, topic: str) -> bool:
     """Whether ``topic`` is sealed by a repartition (it refuses every record)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
     try:
+        await admin.start()
         (response,) = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
         )
@@ -221,8 +221,8 @@ def events_topic_spec(settings: Settings, name: str, partitions: int) -> NewTopi
 async def create_missing(settings: Settings, topics: list[NewTopic]) -> list[str]:
     """Create those of ``topics`` that are missing; returns their names."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]
         if missing:

@@ -123,8 +123,8 @@ async def repartition(
 
 async def _seal(settings: Settings, topic: str, *, sealed: bool = True) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         # AlterConfigs replaces a topic's dynamic configs: memstream's topics have only the
         # retention set at creation, kept here.
         configs = _SEALED if sealed else {"retention.ms": "-1"}
@@ -138,8 +138,8 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, i
     if count is None:
         raise RepartitionError(f"topic {topic} does not exist")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         return dict(await consumer.end_offsets([TopicPartition(topic, p) for p in range(count)]))
     finally:
         await consumer.stop()
@@ -153,10 +153,10 @@ async def _drained(
     echo: Callable[[str], None],
 ) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     deadline = time.monotonic() + timeout_s
     last = -1
     try:
+        await admin.start()
         while True:
             committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
             behind = sum(
@@ -192,9 +192,9 @@ async def _copy(
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
     )
-    await consumer.start()
-    await producer.start()
     try:
+        await consumer.start()
+        await producer.start()
         for tp, end in sorted(ends.items()):
             start = done.get(tp.partition, -1) + 1
             if start >= end:
@@ -238,9 +238,9 @@ async def _already_copied(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
-    await consumer.start()
     last: dict[int, int] = {}
     try:
+        await consumer.start()
         if new.topic not in await consumer.topics():
             return last
         tps = [TopicPartition(new.topic, p) for p in range(new.partitions)]
@@ -291,8 +291,8 @@ async def _position_group(settings: Settings, new: Generation) -> None:
         group_id=consumer_group(settings, new),
         enable_auto_commit=False,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(ends))
         await consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in ends.items()})
     finally:

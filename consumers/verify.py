@@ -65,8 +65,8 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
         group_id=None,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         # Without a group, the consumer takes every partition once metadata arrives.
         for _ in range(100):
             if consumer.assignment():

@@ -39,6 +39,15 @@ log = logging.getLogger(__name__)
 _GENERATION_CHECK_S = 5.0
 
 
+async def _started(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Start ``client``; one that fails to start is stopped (aiokafka leaves it open)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: ApplyConsumer) -> None:
         self.owner = owner
@@ -97,12 +106,13 @@ class ApplyConsumer(Component):
         gen = self.generation = self.generation or await active_generation(self.settings)
         await self._warn_if_grown(gen)
         if self._producer is None:
-            self._producer = AIOKafkaProducer(
+            producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 enable_idempotence=True,
                 acks="all",
             )
-            await self._producer.start()
+            await _started(producer)
+            self._producer = producer
         await self._join(gen)
         self.telemetry.add_lag_source(self.lag)
 
@@ -117,7 +127,7 @@ class ApplyConsumer(Component):
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         consumer.subscribe([gen.topic], listener=_Rebalance(self))
-        await consumer.start()
+        await _started(consumer)
         self._consumer = consumer
 
     async def _warn_if_grown(self, gen: Generation) -> None:
