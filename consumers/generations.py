@@ -105,13 +105,14 @@ def consumer_group(settings: Settings, generation: Generation) -> str:
 async def read_generations(settings: Settings) -> list[Generation]:
     """Every recorded generation, oldest first (empty if none was recorded yet)."""
     tp = TopicPartition(generations_topic(settings), 0)
+    # One topic's metadata, not the cluster's (consumers look again every few idle seconds).
+    if await topic_partition_count(settings, tp.topic) is None:
+        return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
     )
     try:
         await consumer.start()
-        if tp.topic not in await consumer.topics():
-            return []
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         end = (await consumer.end_offsets([tp]))[tp]
