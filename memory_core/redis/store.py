@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from memory_core.errors import StoreUnavailableError
-from memory_core.eviction import ApplyResult
+from memory_core.eviction import ApplyResult, Outcome
 from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import (
@@ -262,6 +262,9 @@ class RedisMemoryStore:
         policy = b.policy
         # write.lua's arguments: a few JSON values (each argument packed costs more than Lua
         # decoding it), then the rare inserted messages.
+        added, replace_window = _window_change(
+            cached.state.recent_event_ids, result, policy.manager.id_window
+        )
         header = (
             owner,
             token,
@@ -272,15 +275,17 @@ class RedisMemoryStore:
             policy.lock_ttl_ms,
             new.base,
             len(new.inserted) // 3,
+            policy.manager.id_window,
+            1 if replace_window else 0,
         )
         args: list[Arg] = [
             _dumps(header),
             _dumps(new.appended_ids),
             new.appended_bodies,
-            # The whole window, trimmed by the manager: stored as one string in one command.
-            _dumps(recent)
-            if (recent := result.state.recent_event_ids) != cached.state.recent_event_ids
-            else b"",
+            # Only the ids the batch added to the window (a list trimmed by Redis): the cost of a
+            # write does not grow with the window, which matters when a batch holds one event
+            # per memory (a live stream).
+            _dumps(added) if added or replace_window else b"",
             _dumps(new.removed),
             _dumps(changed),
         ]
@@ -368,12 +373,12 @@ class RedisMemoryStore:
         key = self.keys(memory_key).ids
         async with translate_redis_errors():
             try:
-                return _recent_ids(await self.redis.get(key))
+                return tuple(_s(x) for x in await self.redis.lrange(key, 0, -1))
             except ResponseError as exc:
                 if "WRONGTYPE" not in str(exc):
                     raise
-                # Stored as a list by earlier versions (the next write stores the string).
-                return tuple(_s(x) for x in await self.redis.lrange(key, 0, -1))
+                # A JSON string, as the previous version stored it (the next write converts it).
+                return _recent_ids(await self.redis.get(key))
 
     async def applied_offset(self, memory_key: str) -> int:
         """The last log offset applied to ``memory_key`` (-1 if none)."""
@@ -476,6 +481,27 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     next_pos = float(meta.get("next_pos", 1.0))
     recent = _recent_ids(reply[6])
     return _Cached(version, state_from(meta, messages, recent), scores, next_pos, meta)
+
+
+_SKIPPED_WINDOW = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
+
+
+def _window_change(
+    old: tuple[str, ...], result: ApplyResult, window: int
+) -> tuple[tuple[str, ...], bool]:
+    """The event ids a batch appended to the window, and whether the stored window must be
+    replaced instead (it does not end as the old one plus those ids, trimmed)."""
+    new = result.state.recent_event_ids
+    if new == old:
+        return (), False
+    # Ids enter the window in step 2: every event past step 1 whose id was not a duplicate.
+    entered = sum(
+        1 for r in result.results if r.outcome not in _SKIPPED_WINDOW and not r.redelivered
+    )
+    added = new[len(new) - min(entered, len(new)) :]
+    if (old + added)[-window:] == new:
+        return added, False
+    return new, True
 
 
 def _recent_ids(raw: bytes | str | None) -> tuple[str, ...]:

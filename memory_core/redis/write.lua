@@ -9,11 +9,13 @@
 --          epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the lock after
 --          the write, else keep holding it for hold_ms more), lease_ms (how long a CONFLICT
 --          keeps the lock), the score of the first appended message (the next ones follow
---          by 1), the number of inserted messages];
+--          by 1), the number of inserted messages, the ids window's length, 1 to replace
+--          the stored window by ARGV[4] instead of appending it];
 --       2. a JSON array of the appended messages' ids; 3. their bodies as newline-delimited
 --          JSON (each followed by a newline; JSON bodies hold none);
---       4. the window of recent event ids as a JSON array, '' when unchanged (stored as
---          is: the caller trims it); 5. a JSON array of the removed message ids;
+--       4. the event ids the batch added to the window, a JSON array ('' when none),
+--          appended to the stored list, which is trimmed to the window's length;
+--       5. a JSON array of the removed message ids;
 --       6. a JSON object of the changed meta fields;
 --       7… (score, id, body) per message inserted between kept ones (a summary; rare).
 --       Few arguments whatever the batch: packing each one costs the consumer more than
@@ -23,13 +25,12 @@
 local h = cjson.decode(ARGV[1])
 local owner, token, epoch, expected = h[1], h[2], h[3], h[4]
 local ttl, hold, lease, base, n_inserted = h[5], h[6], h[7], h[8], h[9]
--- The ids window as stored: a JSON string (a list, as older versions kept it, is converted).
+local window, replace_window = h[10], h[11]
+-- The ids window as stored: a list (a JSON string, as the previous version kept it, is
+-- read as well and converted by the next write).
 local function recent_ids()
-  local ids = redis.pcall('GET', KEYS[6])
-  if type(ids) == 'table' and ids.err then
-    return cjson.encode(redis.call('LRANGE', KEYS[6], 0, -1))
-  end
-  return ids
+  if redis.call('TYPE', KEYS[6]).ok == 'string' then return redis.call('GET', KEYS[6]) end
+  return cjson.encode(redis.call('LRANGE', KEYS[6], 0, -1))
 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= owner then return {'LOCKED', holder} end
@@ -85,7 +86,18 @@ for i = 1, #zargs, 1000 do
   redis.call('ZADD', KEYS[3], unpack(zargs, i, j))
   redis.call('HSET', KEYS[4], unpack(hargs, i, j))
 end
-if ARGV[4] ~= '' then redis.call('SET', KEYS[6], ARGV[4], 'PX', ttl) end
+if ARGV[4] ~= '' then
+  local add = cjson.decode(ARGV[4])
+  if replace_window == 1 then
+    redis.call('DEL', KEYS[6])
+  elseif redis.call('TYPE', KEYS[6]).ok == 'string' then
+    local old = cjson.decode(redis.call('GET', KEYS[6]))
+    redis.call('DEL', KEYS[6])
+    for i = 1, #old, 1000 do redis.call('RPUSH', KEYS[6], unpack(old, i, math.min(i + 999, #old))) end
+  end
+  for i = 1, #add, 1000 do redis.call('RPUSH', KEYS[6], unpack(add, i, math.min(i + 999, #add))) end
+  redis.call('LTRIM', KEYS[6], -window, -1)
+end
 local fields = {'version', version + 1, 'fence', token}
 if epoch >= 0 then
   fields[#fields + 1] = 'epoch'
@@ -96,7 +108,7 @@ for field, value in pairs(cjson.decode(ARGV[6])) do  -- only the fields that cha
   fields[#fields + 1] = value
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-for k = 2, ARGV[4] ~= '' and 5 or 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
+for k = 2, 6 do redis.call('PEXPIRE', KEYS[k], ttl) end
 if hold > 0 then
   redis.call('SET', KEYS[1], owner, 'PX', hold)
 elseif holder then

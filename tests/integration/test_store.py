@@ -264,8 +264,10 @@ async def test_every_key_gets_the_ttl_and_each_write_refreshes_it(redis: Redis) 
     assert await redis.pttl(keys.ids) > 25_000
 
 
-async def test_an_ids_window_stored_as_a_list_is_read_and_replaced(redis: Redis) -> None:
-    # Earlier versions kept the recent event ids as a list (RPUSH + LTRIM).
+async def test_an_ids_window_stored_as_a_json_string_is_read_and_converted(
+    redis: Redis,
+) -> None:
+    # The previous version kept the recent event ids as one JSON string (SET … PX).
     prefix = f"t{uuid.uuid4().hex[:8]}"
     policy = _policy()
     log = _user_log(3)
@@ -273,7 +275,7 @@ async def test_an_ids_window_stored_as_a_list_is_read_and_replaced(redis: Redis)
     store = RedisMemoryStore(redis, prefix=prefix)
     ids_key = store.keys("u:l").ids
     await redis.delete(ids_key)
-    await redis.rpush(ids_key, "e0", "e1", "e2")
+    await redis.set(ids_key, '["e0","e1","e2"]', px=60_000)
     assert await store.recent_event_ids("u:l") == ("e0", "e1", "e2")
     # A cold store gets the window with the stored state: the same event at a new offset is
     # a duplicate by its id.
@@ -281,8 +283,23 @@ async def test_an_ids_window_stored_as_a_list_is_read_and_replaced(redis: Redis)
     (outcome,) = await store.apply([KeyBatch("u:l", policy, [again, *_user_log(1, start=4)])], "w")
     assert outcome.result is not None
     assert [r.outcome for r in outcome.result.results] == [Outcome.DUPLICATE_ID, Outcome.APPLIED]
-    assert await redis.type(ids_key) == b"string"
+    assert await redis.type(ids_key) == b"list"
     assert await store.recent_event_ids("u:l") == ("e0", "e1", "e2", "e4")
+
+
+async def test_a_write_sends_only_the_ids_it_adds_and_the_list_keeps_the_window(
+    redis: Redis,
+) -> None:
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    window = policy.manager.id_window
+    events = _user_log(window + 40)
+    for at in range(0, len(events), 7):
+        (outcome,) = await store.apply([KeyBatch("u:w", policy, events[at : at + 7])], "w")
+        assert outcome.result is not None
+    expected = tuple(e.event.event_id for e in events[-window:])
+    assert await store.recent_event_ids("u:w") == expected
+    assert await redis.llen(store.keys("u:w").ids) == window
 
 
 async def test_a_flush_result_replaces_exactly_the_covered_messages(redis: Redis) -> None:
