@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from consumers.apply.accounting import BatchReport, account, accumulate, record_metrics
+from consumers.apply.checkpoint import Checkpoints
 from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.outputs import BatchOutputs
 from consumers.catalog import MemoryCatalog
@@ -96,6 +97,7 @@ class ApplyConsumer(Component):
         self.generation = generation
         self._decoder: Decoder | None = None
         self._checked_generation_at = 0.0
+        self._checkpoints: Checkpoints | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -129,6 +131,8 @@ class ApplyConsumer(Component):
         consumer.subscribe([gen.topic], listener=_Rebalance(self))
         await _started(consumer)
         self._consumer = consumer
+        assert self._producer is not None
+        self._checkpoints = Checkpoints(consumer, self._producer, self._next_offsets.update)
 
     async def _warn_if_grown(self, gen: Generation) -> None:
         count = await topic_partition_count(self.settings, gen.topic)
@@ -175,6 +179,8 @@ class ApplyConsumer(Component):
         if consumer is not None:
             async with self._processing:
                 self._ahead = None
+                if self._checkpoints is not None:
+                    await self._checkpoints.drain(self.revoke_timeout_s)
             await consumer.stop()
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
@@ -190,6 +196,8 @@ class ApplyConsumer(Component):
         if consumer is not None:
             async with self._processing:
                 self._ahead = None  # fetched, not applied: redelivered to the next owner
+                if self._checkpoints is not None:
+                    await self._checkpoints.drain(self.revoke_timeout_s)
                 await consumer.stop()
             with contextlib.suppress(MemstreamError):
                 await self.store.release(self.owner)
@@ -223,6 +231,9 @@ class ApplyConsumer(Component):
             log.warning("revoke: in-flight batch still running after %ss", self.revoke_timeout_s)
         else:
             self._processing.release()
+        # What was applied is committed before the partitions move (bounded, as above).
+        if self._checkpoints is not None:
+            await self._checkpoints.drain(self.revoke_timeout_s)
         if self._ahead is not None:
             self._ahead.drop(set(revoked))
         for tp in revoked:
@@ -253,16 +264,24 @@ class ApplyConsumer(Component):
 
     # -- the batch -----------------------------------------------------------------------------
 
+    async def settle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every applied batch's outputs are sent and its offsets committed."""
+        return self._checkpoints is None or await self._checkpoints.drain(timeout_s)
+
     async def step(self, timeout_ms: int = 200) -> BatchReport:
-        """Fetch one batch and process it fully (apply, dead-letter, flush commands, commit).
+        """Fetch one batch and apply it; its dead letters, flush commands and commit follow.
 
         The batch may have been fetched by the previous step, which decodes the next records
-        while its last writes run in Redis; they are applied here, as their own batch.
+        while its last writes run in Redis; they are applied here, as their own batch. Its
+        outputs are sent and its offsets committed in the background, in batch order, while
+        the next batch is applied (``settle()`` waits for them); a failure there rewinds to
+        the first uncommitted batch and is raised by the next step.
         """
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("ApplyConsumer.start() was not called")
         async with self._processing:
+            self._raise_failed_checkpoint(consumer)
             batch, self._ahead = self._ahead, None
         if batch is None:
             fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
@@ -351,11 +370,6 @@ class ApplyConsumer(Component):
             outputs.dead_letter(rec, reason, detail, extra)
             report.dead_lettered += 1
             report.dead_by_reason[reason.value] += 1
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("ApplyConsumer is stopped")
-        await outputs.send(producer)
-
         commit: dict[TopicPartition, int] = {}
         for tp, records in fetched.items():
             if tp in failed:
@@ -365,12 +379,28 @@ class ApplyConsumer(Component):
                     report.refetched += self._ahead.drop({tp})
             else:
                 commit[tp] = records[-1].offset + 1
-        if commit:
-            await asyncio.shield(consumer.commit(commit))
-            report.committed = commit
-            self._next_offsets.update(commit)
+        # Sent and committed while the next batch is applied (consumers/apply/checkpoint.py).
+        checkpoints = self._checkpoints
+        assert checkpoints is not None
+        await checkpoints.submit(
+            outputs, commit, {tp: records[0].offset for tp, records in fetched.items()}
+        )
+        report.committed = commit
         record_metrics(self.telemetry, report, (time.perf_counter() - started) * 1000)
         return report
+
+    def _raise_failed_checkpoint(self, consumer: AIOKafkaConsumer) -> None:
+        """An earlier batch's outputs or commit failed: rewind to where the uncommitted
+        batches began (redelivered and deduplicated, as after a crash) and raise its error."""
+        failed = self._checkpoints.failure() if self._checkpoints is not None else None
+        if failed is None:
+            return
+        error, starts = failed
+        self._ahead = None
+        for tp, offset in starts.items():
+            if tp in consumer.assignment():
+                consumer.seek(tp, offset)
+        raise error
 
     async def _decode_ahead(self, consumer: AIOKafkaConsumer, done: Callable[[], bool]) -> None:
         """Fetch the records already buffered for the next batch and decode them until

@@ -144,6 +144,8 @@ async def drain(consumer: ApplyConsumer, records: int, timeout: float = 60.0) ->
             f"consumer processed {consumer.totals.records} of {records} records in {timeout}s"
         )
         await consumer.step(timeout_ms=100)
+    # Its dead letters, flush commands and commits are sent in the background: wait for them.
+    assert await consumer.settle()
 
 
 async def until_verified(app: App, timeout: float = 90.0) -> None:
