@@ -39,6 +39,7 @@ check: install
 bench: stack-up
 	$(BIN)/python -m benchmarks tokens store || $(BIN)/python -m benchmarks tokens store
 	$(BIN)/python -m benchmarks pipeline || $(BIN)/python -m benchmarks pipeline
+	$(BIN)/python -m benchmarks restart || $(BIN)/python -m benchmarks restart
 
 clean: stack-down
 	rm -rf $(VENV) .memstream

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import pipeline, store, tokens
+from benchmarks import pipeline, restart, store, tokens
 from consumers.lifecycle import tune_gc
 from consumers.settings import Settings
 
-BENCHMARKS = {"tokens": tokens.run, "store": store.run, "pipeline": pipeline.run}
+BENCHMARKS = {
+    "tokens": tokens.run,
+    "store": store.run,
+    "pipeline": pipeline.run,
+    "restart": restart.run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     topic_partitions: int = 6
     topic_replication: int = 1
     consumer_group: str = "memstream-apply"
+    # Static group membership (KIP-345): a stable id per consumer slot (a pod name, say). A
+    # consumer restarted under the same id gets its partitions back at once instead of after
+    # the dead member's session timeout; one that stops for good keeps them unassigned until
+    # that timeout. Two running consumers must never share one (the older is fenced).
+    consumer_instance_id: str | None = None
+    consumer_session_timeout_ms: int = 10_000
+    consumer_heartbeat_interval_ms: int = 3_000
     # Records per apply batch at most (under a backlog; a quiet stream gives smaller ones).
     # Each memory is written once per batch, so larger batches spread that cost over more
     # events; a batch is committed only once applied, so it also bounds what is redone after

@@ -127,6 +127,9 @@ class ApplyConsumer(Component):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            group_instance_id=self.settings.consumer_instance_id,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
         )
         consumer.subscribe([gen.topic], listener=_Rebalance(self))
         await _started(consumer)
