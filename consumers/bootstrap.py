@@ -165,7 +165,9 @@ async def build_app(
             settings=settings,
             telemetry=telemetry,
             redis=redis,
-            store=RedisMemoryStore(redis, prefix=settings.key_prefix),
+            store=RedisMemoryStore(
+                redis, prefix=settings.key_prefix, cache_bytes=settings.state_cache_mb << 20
+            ),
             locks=RedisLockManager(redis, prefix=settings.key_prefix),
             catalog=catalog,
             codec=codec,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # events; a batch is committed only once applied, so it also bounds what is redone after
     # a crash.
     apply_max_records: int = 20_000
+    # The apply consumer's cache of memory states, at most (an uncached memory costs one more
+    # round trip on its next write; the cache is also capped at 50,000 memories).
+    state_cache_mb: int = 96
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
 

@@ -83,8 +83,24 @@ class _Cached:
     next_pos: float = 1.0
     # The meta fields as stored, so a write sends only those that changed.
     meta: dict[str, str] = field(default_factory=dict)
+    # Characters of message content held (for the cache's size).
+    content: int = 0
+
+    @property
+    def size(self) -> int:
+        """About how many bytes this cached state takes."""
+        state = self.state
+        return (
+            _CACHED_BASE
+            + self.content
+            + _PER_MESSAGE * len(state.messages)
+            + _PER_ID * len(state.recent_event_ids)
+        )
 
 
+# Measured with tracemalloc on CPython 3.11: a cached state with its meta ~2.4 kB, each message
+# ~340 bytes besides its content's characters (+49 for the str header), each event id ~90.
+_CACHED_BASE, _PER_MESSAGE, _PER_ID = 2_400, 390, 90
 _RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
 # Chunks written but not yet read, at most: each holds a pooled connection meanwhile.
 _IN_FLIGHT = 4
@@ -107,6 +123,7 @@ class RedisMemoryStore:
         *,
         prefix: str = "memstream",
         cache_size: int = 50_000,
+        cache_bytes: int = 96 << 20,
         chunk_keys: int = 64,
     ):
         self.redis = redis
@@ -114,6 +131,10 @@ class RedisMemoryStore:
         self._scripts = ScriptRunner(redis)
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
+        # States are cached up to ``cache_size`` memories and about ``cache_bytes`` bytes,
+        # whichever comes first: memory stays bounded however many memories there are.
+        self._cache_bytes = cache_bytes
+        self.cached_bytes = 0
         self._chunk_keys = chunk_keys
         self.round_trips = 0
         self._held: dict[str, tuple[int, float]] = {}  # key -> (fencing token, renew by)
@@ -127,9 +148,10 @@ class RedisMemoryStore:
         if memory_keys is None:
             self._cache.clear()
             self._held.clear()
+            self.cached_bytes = 0
         else:
             for k in memory_keys:
-                self._cache.pop(k, None)
+                self._drop(k)
                 self._held.pop(k, None)
 
     async def apply(
@@ -236,7 +258,7 @@ class RedisMemoryStore:
             else:
                 self._held.pop(key, None)
                 if status == "FENCED":
-                    self._cache.pop(key, None)
+                    self._drop(key)
                 # LOCKED, LOCK_LOST: the cached state stays; if another writer changes the
                 # memory meanwhile, the version check answers CONFLICT with the new state.
                 detail = f"held by {_s(reply[1])}" if status == "LOCKED" else _s(reply[1])
@@ -312,10 +334,25 @@ class RedisMemoryStore:
         return len(keys)
 
     def _remember(self, memory_key: str, cached: _Cached) -> None:
-        self._cache[memory_key] = cached
-        self._cache.move_to_end(memory_key)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        cache = self._cache
+        old = cache.get(memory_key)
+        if old is not None:
+            self.cached_bytes -= old.size
+        cache[memory_key] = cached
+        cache.move_to_end(memory_key)
+        self.cached_bytes += cached.size
+        while len(cache) > self._cache_size or (
+            self.cached_bytes > self._cache_bytes and len(cache) > 1
+        ):
+            key, gone = cache.popitem(last=False)
+            self.cached_bytes -= gone.size
+            # A lock held for an uncached memory is taken again by its next write.
+            self._held.pop(key, None)
+
+    def _drop(self, memory_key: str) -> None:
+        gone = self._cache.pop(memory_key, None)
+        if gone is not None:
+            self.cached_bytes -= gone.size
 
     def epoch_key(self, scope: str) -> str:
         """The Redis key of the epoch counter of ``scope`` (``"<topic>:<partition>"``)."""
@@ -443,8 +480,10 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         tail -= 1
     scores: dict[str, float] = {}
     fresh: list[int] = []
+    content = 0
     for i in range(tail):
         m = msgs[i]
+        content += len(m.content)
         if id(m) in held:
             scores[m.id] = old_scores[m.id]
         else:
@@ -465,8 +504,9 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
     for m in appended:
         scores[m.id] = next_pos
         appended_ids.append(m.id)
+        content += len(m.content)
         next_pos += 1
-    cached = _Cached(old.version, state, scores, next_pos)
+    cached = _Cached(old.version, state, scores, next_pos, content=content)
     return _Diff(removed, inserted, appended_ids, encode_messages(appended), base, cached)
 
 
@@ -480,7 +520,9 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     messages = tuple(decode_message(bodies[i]) for i in ids)
     next_pos = float(meta.get("next_pos", 1.0))
     recent = _recent_ids(reply[6])
-    return _Cached(version, state_from(meta, messages, recent), scores, next_pos, meta)
+    content = sum(len(m.content) for m in messages)
+    state = state_from(meta, messages, recent)
+    return _Cached(version, state, scores, next_pos, meta, content)
 
 
 _SKIPPED_WINDOW = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
