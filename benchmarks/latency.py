@@ -36,6 +36,7 @@ import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -66,7 +67,14 @@ RATE_KEPT = 0.98
 # After the producer stops, how long every record has to show up before it counts as missing.
 DRAIN_TIMEOUT_S = 30.0
 STORM_LINE = "please summarize what we agreed so far"
-BENCH = {"id": "bench", "key": "bench:{user}", "model": "gpt-4o", "max_tokens": 3000}
+# pipeline.py's memory resource.
+BENCH = {
+    "id": "bench",
+    "key": "bench:{user}",
+    "model": "gpt-4o",
+    "max_tokens": 3000,
+    "max_messages": 50,
+}
 
 
 # -- statistics (pure) ---------------------------------------------------------------------
@@ -285,7 +293,7 @@ class _VisibleStore:
     def __init__(self, store: RedisMemoryStore, partitions: int) -> None:
         self._store = store
         self.seen = _partitions(partitions)
-        self.count = 0
+        self.count = self.calls = 0
         self.flushes: list[tuple[int, int]] = []  # (ns, flush requests)
 
     async def apply(
@@ -293,6 +301,7 @@ class _VisibleStore:
     ) -> list[KeyOutcome]:
         outcomes = await self._store.apply(batches, owner, hold=hold)
         now = time.time_ns()
+        self.calls += 1
         flushes = 0
         for b, outcome in zip(batches, outcomes, strict=True):
             if outcome.status is WriteStatus.APPLIED and outcome.result is not None:
@@ -358,19 +367,78 @@ class Memory:
 
 @dataclass
 class RateRun:
-    """One consumer at one rate: the producer's summary, latencies, lag, timeline."""
+    """One consumer at one rate: every event's send and first-seen time (``-1``: never),
+    what the producer did, the latencies, lag and timeline; ``storm`` is the window (ns from
+    the producer's start) from the first flush requested to a second after the last."""
 
     consumer: str
+    rate: float
     producer: Summary
-    latency: Latency
-    lag: Lag
-    keeps_up: bool
-    rate_kept: bool
-    timeline: list[Second]
-    storm: Latency | None = None
-    storm_seconds: float = 0.0
+    sent: list[int]
+    seen: list[int]
+    storm: tuple[int, int] | None = None
     flushes: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def latency(self) -> Latency:
+        """Of every event seen."""
+        return Latency.of([v - s for s, v in zip(self.sent, self.seen, strict=True) if v >= 0])
+
+    def visible_within(self, start_ns: int, end_ns: int) -> Latency:
+        """Of the events seen from ``start_ns`` to ``end_ns`` after the producer's start."""
+        lo, hi = self.producer.started_ns + start_ns, self.producer.started_ns + end_ns
+        return Latency.of(
+            [v - s for s, v in zip(self.sent, self.seen, strict=True) if lo <= v <= hi]
+        )
+
+    @cached_property
+    def lag(self) -> Lag:
+        """How far behind it was."""
+        return Lag.of(self.sent, self.seen, self.producer.stopped_ns)
+
+    @property
+    def keeps_up(self) -> bool:
+        """``Lag.keeps_up`` at the run's rate."""
+        return self.lag.keeps_up(self.rate)
+
+    @property
+    def rate_kept(self) -> bool:
+        """Whether the producer sent at the rate asked (else the run says nothing of it)."""
+        return self.producer.rate >= RATE_KEPT * self.rate
+
+    @cached_property
+    def timeline(self) -> list[Second]:
+        """Per second since the producer's start."""
+        return timeline(self.sent, self.seen, self.producer.started_ns)
+
+
+class _Usage:
+    """CPU used by this process and by Redis from ``start`` to ``stop``, in % of one core."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._wall, self._process, self._redis_cpu = time.monotonic(), time.process_time(), 0.0
+        self.shares: dict[str, float] = {}
+
+    @classmethod
+    async def start(cls, run: Settings) -> _Usage:
+        usage = cls(make_redis(run))
+        usage._redis_cpu = await usage._redis_seconds()
+        return usage
+
+    async def _redis_seconds(self) -> float:
+        info = await self._redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    async def stop(self) -> None:
+        wall = time.monotonic() - self._wall
+        redis = await self._redis_seconds() - self._redis_cpu
+        await self._redis.aclose()
+        self.shares = {
+            "this process CPU %": 100 * (time.process_time() - self._process) / wall,
+            "redis CPU %": 100 * redis / wall,
+        }
 
 
 def _stage(settings: Settings, tag: str, memories_file: Path) -> Settings:
@@ -447,23 +515,16 @@ async def _rated(
             try:
                 if not await _polled(observer.ready, timeout_s=60):
                     raise TimeoutError(f"{kind} consumer not fetching after 60 s")
+                usage = await _Usage.start(run)
                 summary, stamps = await _produce(run, memory, memories, rate, seconds)
                 await _polled(lambda: observer.count >= summary.sent, timeout_s=DRAIN_TIMEOUT_S)
+                await usage.stop()
             finally:
                 await observer.stop()
     finally:
         await _cleanup(run)
     sent, seen = matched(stamps, observer.seen)
-    lag = Lag.of(sent, seen, summary.stopped_ns)
-    result = RateRun(
-        consumer=kind,
-        producer=summary,
-        latency=Latency.of([v - s for s, v in zip(sent, seen, strict=True) if v >= 0]),
-        lag=lag,
-        keeps_up=lag.keeps_up(rate),
-        rate_kept=summary.rate >= RATE_KEPT * rate,
-        timeline=timeline(sent, seen, summary.started_ns),
-    )
+    result = RateRun(kind, rate, summary, sent, seen, extra=dict(usage.shares))
     if isinstance(observer, _Floor):
         result.extra["stamp mismatches"] = sum(
             1
@@ -471,14 +532,14 @@ async def _rated(
             for offset, ns in by_offset.items()
             if stamps[p][offset] != ns
         )
-    if isinstance(observer, _Memstream) and observer.store.flushes:
-        # The storm: from the first flush request to one second after the last.
-        first, last = observer.store.flushes[0][0], observer.store.flushes[-1][0]
-        result.storm = Latency.of(
-            [v - s for s, v in zip(sent, seen, strict=True) if first <= v <= last + NS]
-        )
-        result.storm_seconds = (last - first) / NS
-        result.flushes = sum(n for _, n in observer.store.flushes)
+    if isinstance(observer, _Memstream):
+        store = observer.store
+        result.extra["apply calls"] = store.calls
+        result.extra["store rounds"] = getattr(store._store, "round_trips", -1)
+        if store.flushes:
+            first, last = store.flushes[0][0], store.flushes[-1][0]
+            result.storm = (first - summary.started_ns, last - summary.started_ns + NS)
+            result.flushes = sum(n for _, n in store.flushes)
     return result
 
 
@@ -586,6 +647,8 @@ class LatencyResult(Result):
     gating: bool = False
     targets_met: bool = False
     timelines: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # Per run: what its producer did, CPU shares, checks.
+    runs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.targets_met = Result.passed.fget(self)  # type: ignore[attr-defined]
@@ -598,6 +661,13 @@ class LatencyResult(Result):
     def report(self) -> str:
         """Result's lines, each memstream run's timeline, and the verdict on the targets."""
         lines = [super().report()]
+        for name, r in self.runs.items():
+            extra = ", ".join(f"{k} {v:,.1f}" for k, v in r.items() if not k.startswith("producer"))
+            lines.append(
+                f"   {name}: producer sent {r['producer rate']:,.0f}/s, late p99 "
+                f"{r['producer late_p99_ms']:.1f} ms, CPU {r['producer cpu_percent']:.0f} %; "
+                + extra
+            )
         for name, seconds in self.timelines.items():
             if "memstream" in name:
                 lines.append(f"   {name}: s, sent, visible, p99 ms, backlog at the end")
@@ -646,7 +716,7 @@ async def _run(
     storm_settings = settings.model_copy(
         update={"memories_file": _memories_file(settings, storm_memory)}
     )
-    runs["storm memstream"] = storm = await _rated(
+    runs["storm memstream"] = await _rated(
         storm_settings,
         "memstream",
         Memory(storm_memory["key"], "storm", STORM_LINE),
@@ -655,7 +725,7 @@ async def _run(
         seconds=seconds,
     )
     rss = await _rss(settings, memories=rss_memories, per_memory=rss_per_memory)
-    return _result(backlog, runs, storm, rss, params={
+    return _result(backlog, runs, rss, params={
         "memories": memories,
         "seconds per rate": seconds,
         "rates (events/s)": {"half": half, "quarter": quarter},
@@ -663,19 +733,14 @@ async def _run(
         f"visible within {KEEPS_UP_DRAIN_S:g} s of the producer's stop",
         "storm": {"first flush at turn": storm_turn, "memory": storm_memory},
         "rss": {"memories": rss_memories, "events per memory": rss_per_memory},
-        "runs": {name: {"producer": asdict(r.producer), **r.extra} for name, r in runs.items()},
         "took s": time.monotonic() - started,
     })  # fmt: skip
 
 
 def _result(
-    backlog: float,
-    runs: dict[str, RateRun],
-    storm: RateRun,
-    rss: dict[str, float],
-    params: dict[str, Any],
+    backlog: float, runs: dict[str, RateRun], rss: dict[str, float], params: dict[str, Any]
 ) -> LatencyResult:
-    figures = {"backlog apply events/s": backlog}
+    figures: dict[str, float] = {"backlog apply events/s": backlog}
     for name, r in runs.items():
         figures[f"{name} sent events/s"] = r.producer.rate
         figures[f"{name} p50 ms"] = r.latency.p50_ms
@@ -685,39 +750,63 @@ def _result(
             figures[f"{name} max backlog"] = r.lag.max_backlog
             figures[f"{name} behind at stop"] = r.lag.behind_at_stop
             figures[f"{name} caught up after s"] = r.lag.caught_up_after_s
-    storm_p99 = storm.storm.p99_ms if storm.storm is not None else math.inf
+    half, quarter, storm = (
+        runs["half memstream"],
+        runs["quarter memstream"],
+        runs["storm memstream"],
+    )
+    # The storm's p99 against the quarter-rate run's over the same seconds of its run (the
+    # same rounds, so memories of the same size): what the flush commands cost.
+    start, end = storm.storm or (0, 0)
+    in_storm, same_seconds = storm.visible_within(start, end), quarter.visible_within(start, end)
     figures["storm flush requests"] = storm.flushes
-    figures["storm window s"] = storm.storm_seconds
-    figures["storm window p99 ms"] = storm_p99
+    figures["storm window s"] = (end - start) / NS
+    figures["storm window p99 ms"] = in_storm.p99_ms
+    figures["quarter memstream p99 ms, same seconds"] = same_seconds.p99_ms
+    figures["storm run p99 ms before the storm"] = storm.visible_within(0, start).p99_ms
     figures["RSS idle MiB"] = rss["idle"]
     figures["RSS applied MiB"] = rss["applied"]
     figures["RSS peak MiB"] = rss["peak"]
-    half, quarter = runs["half memstream"], runs["quarter memstream"]
+
+    def over(a: float, b: float) -> float:
+        return a / b if b > 0 else 0.0
+
     ratios = {
         "half keeps up (1 = yes)": float(half.keeps_up),
-        "half 50 ms / p99": 50 / half.latency.p99_ms,
-        "quarter 25 ms / p99": 25 / quarter.latency.p99_ms,
-        "quarter floor p50 / p50": runs["quarter floor"].latency.p50_ms / quarter.latency.p50_ms,
-        "quarter p99 / storm p99": quarter.latency.p99_ms / storm_p99,
-        "300 MiB / RSS applied": 300 / rss["applied"],
+        "half 50 ms / p99": over(50, half.latency.p99_ms),
+        "quarter 25 ms / p99": over(25, quarter.latency.p99_ms),
+        "quarter floor p50 / p50": over(
+            runs["quarter floor"].latency.p50_ms, quarter.latency.p50_ms
+        ),
+        "quarter p99 / storm p99 (same seconds)": over(same_seconds.p99_ms, in_storm.p99_ms),
+        "300 MiB / RSS applied": over(300, rss["applied"]),
         "producer kept every rate (1 = yes)": float(all(r.rate_kept for r in runs.values())),
-        "half floor p99 / p99": runs["half floor"].latency.p99_ms / half.latency.p99_ms,
+        "half floor p99 / p99": over(runs["half floor"].latency.p99_ms, half.latency.p99_ms),
+        "quarter floor p99 / p99": over(
+            runs["quarter floor"].latency.p99_ms, quarter.latency.p99_ms
+        ),
+    }
+    targets = {
+        "half keeps up (1 = yes)": 1.0,
+        "half 50 ms / p99": 1.0,
+        "quarter 25 ms / p99": 1.0,
+        "quarter floor p50 / p50": 1 / 3,
+        "quarter p99 / storm p99 (same seconds)": 0.5,
+        "300 MiB / RSS applied": 1.0,
+        # Not a target of the issue: a run whose producer fell short measured another rate.
+        "producer kept every rate (1 = yes)": 1.0,
     }
     return LatencyResult(
         name="latency",
         figures=figures,
         ratios=ratios,
-        targets={
-            "half keeps up (1 = yes)": 1.0,
-            "half 50 ms / p99": 1.0,
-            "quarter 25 ms / p99": 1.0,
-            "quarter floor p50 / p50": 1 / 3,
-            "quarter p99 / storm p99": 0.5,
-            "300 MiB / RSS applied": 1.0,
-            "producer kept every rate (1 = yes)": 1.0,
-        },
+        targets=targets,
         params=params,
         timelines={name: [asdict(s) for s in r.timeline] for name, r in runs.items()},
+        runs={
+            name: {**{f"producer {k}": v for k, v in asdict(r.producer).items()}, **r.extra}
+            for name, r in runs.items()
+        },
     )
 
 

@@ -62,6 +62,7 @@ class Summary:
     stopped_ns: int
     late_p99_ms: float
     late_max_ms: float
+    cpu_percent: float  # of one core, while pacing
 
 
 def write_stamps(path: Path, stamps: dict[int, array[int]]) -> None:
@@ -181,7 +182,7 @@ async def _paced(
     topic = generation.topic
     late: list[float] = []
     encode, count = codec.encode, len(memories)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     started_ns = time.time_ns()
     i = ticks = 0
     while i < total:
@@ -218,7 +219,7 @@ async def _paced(
         # Ticks start every tick_s (not tick_s after the last one ended): sends keep pace.
         await asyncio.sleep(max(start + ticks * tick_s - time.monotonic(), 0))
     stopped_ns = time.time_ns()
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
     by_offset = await stamps.drain()
     late.sort()
     summary = Summary(
@@ -229,6 +230,7 @@ async def _paced(
         stopped_ns=stopped_ns,
         late_p99_ms=1000 * late[int(0.99 * (len(late) - 1))] if late else 0.0,
         late_max_ms=1000 * late[-1] if late else 0.0,
+        cpu_percent=100 * cpu / elapsed if elapsed > 0 else 0.0,
     )
     return summary, by_offset
 
