@@ -536,6 +536,7 @@ async def _rated(
         store = observer.store
         result.extra["apply calls"] = store.calls
         result.extra["store rounds"] = getattr(store._store, "round_trips", -1)
+        result.extra["store cached MiB"] = getattr(store._store, "cached_bytes", -1) / 2**20
         if store.flushes:
             first, last = store.flushes[0][0], store.flushes[-1][0]
             result.storm = (first - summary.started_ns, last - summary.started_ns + NS)
@@ -549,7 +550,7 @@ async def _rated(
 def storm_config(counter: Any, turn: int) -> dict[str, Any]:
     """A memory resource whose first flush is requested by the event of ``turn`` (from 0),
     when every event carries ``STORM_LINE`` and roles alternate from user (as produced)."""
-    for max_tokens in range(100, 1_000_000, 5):
+    for max_tokens in range(10, 1_000_000):
         config = {**BENCH, "id": "storm", "key": "storm:{user}", "max_tokens": max_tokens}
         if _first_flush(config, counter) == turn:
             return config
@@ -709,8 +710,8 @@ async def _run(
             runs[f"{label} {kind}"] = await _rated(
                 settings, kind, bench, memories=memories, rate=rate, seconds=seconds
             )
-    # The storm: every memory's first flush requested on the round half-way through the run.
-    storm_turn = max(2, round(seconds / 2 * quarter / memories))
+    # The storm: every memory's first flush requested on the round a third into the run.
+    storm_turn = max(2, round(seconds / 3 * quarter / memories))
     counter = make_catalog(settings).get("bench").counter  # type: ignore[union-attr]
     storm_memory = storm_config(counter, storm_turn)
     storm_settings = settings.model_copy(
