@@ -548,13 +548,20 @@ async def _rated(
 
 
 def storm_config(counter: Any, turn: int) -> dict[str, Any]:
-    """A memory resource whose first flush is requested by the event of ``turn`` (from 0),
-    when every event carries ``STORM_LINE`` and roles alternate from user (as produced)."""
-    for max_tokens in range(10, 1_000_000):
-        config = {**BENCH, "id": "storm", "key": "storm:{user}", "max_tokens": max_tokens}
+    """The benchmark's memory resource with a flush threshold its memories cross on the event
+    of ``turn`` (from 0), every event carrying ``STORM_LINE``, roles alternating from user (as
+    produced): the same budgets, so the same states and evictions as the other runs."""
+    for ten_thousandths in range(1, 10_001):
+        threshold = ten_thousandths / 10_000
+        config = {
+            **BENCH,
+            "id": "storm",
+            "key": "storm:{user}",
+            "flushing": {"threshold": threshold},
+        }
         if _first_flush(config, counter) == turn:
             return config
-    raise ValueError(f"no max_tokens makes turn {turn} request the first flush")
+    raise ValueError(f"no flush threshold makes turn {turn} request the first flush")
 
 
 def _first_flush(data: dict[str, Any], counter: Any) -> int | None:
