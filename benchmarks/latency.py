@@ -2,8 +2,9 @@
 
 Every figure comes from one run on this machine:
 
-- the backlog throughput of the apply consumer over the benchmark's memories
-  (``pipeline._memstream`` on a topic filled beforehand); the rates are its half and quarter;
+- the backlog throughput of the apply consumer over the benchmark's memories (measured as
+  ``pipeline._memstream`` does, on a topic filled beforehand); the rates are its half and
+  quarter;
 - at each rate, ``latency_producer`` (its own process) sends one message per memory per
   round for ``seconds``, each stamped with its send time. memstream: an ``ApplyConsumer``
   in this process, its store wrapped so that each event's latency is the time ``apply()``
@@ -244,8 +245,9 @@ class _Floor:
         self.settings = settings
         self.codec = codec
         self.seen = _partitions(settings.topic_partitions)
-        self.count = self.mismatched = 0
-        self.header_ns: dict[int, dict[int, int]] = {}
+        self.count = 0
+        # The send time each record's header carries, in the order seen (a check of the stamps).
+        self.headers = {p: array("q") for p in self.seen}
         self._consumer = AIOKafkaConsumer(
             settings.events_topic,
             bootstrap_servers=settings.kafka_bootstrap,
@@ -271,12 +273,12 @@ class _Floor:
             fetched = await self._consumer.getmany(timeout_ms=200, max_records=max_records)
             for tp, records in fetched.items():
                 offsets, times = self.seen[tp.partition]
-                headers = self.header_ns.setdefault(tp.partition, {})
+                headers = self.headers[tp.partition]
                 for rec in records:
                     decode(MEMORY_EVENT, rec.value)
                     times.append(time.time_ns())
                     offsets.append(rec.offset)
-                    headers[rec.offset] = int(dict(rec.headers)[SENT_NS_HEADER])
+                    headers.append(int(dict(rec.headers)[SENT_NS_HEADER]))
                 self.count += len(records)
 
     async def stop(self) -> None:
@@ -441,7 +443,8 @@ class _Usage:
         }
 
 
-def _stage(settings: Settings, tag: str, memories_file: Path) -> Settings:
+def _stage(settings: Settings, tag: str) -> Settings:
+    """Fresh topics, group and key prefix for one run."""
     name = f"{tag}{uuid.uuid4().hex[:6]}"
     return settings.model_copy(
         update={
@@ -450,7 +453,6 @@ def _stage(settings: Settings, tag: str, memories_file: Path) -> Settings:
             "flush_topic": f"latency.{name}.flush",
             "consumer_group": f"latency-{name}",
             "key_prefix": f"lat{name}",
-            "memories_file": memories_file,
         }
     )
 
@@ -466,7 +468,8 @@ async def _cleanup(run: Settings) -> None:
         await admin.close()
     redis = make_redis(run)
     try:
-        keys = [k async for k in redis.scan_iter(match=f"{run.key_prefix}:*", count=5000)]
+        # The prefix and those derived from it (``_backlog``'s): random, so nobody else's.
+        keys = [k async for k in redis.scan_iter(match=f"{run.key_prefix}*", count=5000)]
         for i in range(0, len(keys), 5000):
             await redis.unlink(*keys[i : i + 5000])
     finally:
@@ -504,7 +507,7 @@ async def _rated(
     rate: float,
     seconds: float,
 ) -> RateRun:
-    run = _stage(settings, kind[0], settings.memories_file)
+    run = _stage(settings, kind[0])
     await ensure_topics(run)
     try:
         async with build_app(run) as app:
@@ -528,8 +531,8 @@ async def _rated(
     if isinstance(observer, _Floor):
         result.extra["stamp mismatches"] = sum(
             1
-            for p, by_offset in observer.header_ns.items()
-            for offset, ns in by_offset.items()
+            for p, headers in observer.headers.items()
+            for offset, ns in zip(observer.seen[p][0], headers, strict=True)
             if stamps[p][offset] != ns
         )
     if isinstance(observer, _Memstream):
@@ -542,6 +545,55 @@ async def _rated(
             result.storm = (first - summary.started_ns, last - summary.started_ns + NS)
             result.flushes = sum(n for _, n in store.flushes)
     return result
+
+
+# -- backlog throughput -----------------------------------------------------------------------
+
+
+async def _backlog(settings: Settings, *, memories: int, per_memory: int, runs: int = 2) -> float:
+    """The best of ``runs`` apply rates over a topic filled beforehand, as ``pipeline.py``
+    measures them (each into fresh keys), under the run's key prefix so they are dropped."""
+    run = _stage(settings, "b")
+    await ensure_topics(run)
+    try:
+        total = await pipeline._produce(run, memories, per_memory)
+        rates = []
+        for i in range(runs):
+            fresh = run.model_copy(
+                update={
+                    "consumer_group": f"{run.consumer_group}-{i}",
+                    "key_prefix": f"{run.key_prefix}-{i}",
+                }
+            )
+            rates.append(await _applied_rate(fresh, total))
+        return max(rates)
+    finally:
+        await _cleanup(run)
+
+
+async def _applied_rate(run: Settings, total: int) -> float:
+    # pipeline._memstream's measure (it writes under a random prefix nobody drops).
+    async with build_app(run) as app:
+        consumer = ApplyConsumer(
+            settings=run,
+            catalog=app.catalog,
+            store=app.store,
+            codec=app.codec,
+            telemetry=app.telemetry,
+        )
+        await consumer.start()
+        try:
+            await pipeline._fetching(
+                lambda: (
+                    bool(consumer.assignment) and len(consumer.lag()) == len(consumer.assignment)
+                )
+            )
+            started = time.perf_counter()
+            while consumer.totals.records < total:
+                await consumer.step(timeout_ms=1000)
+            return consumer.totals.records / (time.perf_counter() - started)
+        finally:
+            await consumer.stop()
 
 
 # -- the threshold storm's memory ------------------------------------------------------------
@@ -605,7 +657,7 @@ async def _caught_up(admin: AIOKafkaAdminClient, group: str, ends: dict[int, int
 async def _rss(settings: Settings, *, memories: int, per_memory: int) -> dict[str, float]:
     """RSS of ``memstream run --roles apply``, idle and once it applied ``per_memory`` events
     for each of ``memories`` memories."""
-    run = _stage(settings, "r", settings.memories_file)
+    run = _stage(settings, "r")
     await ensure_topics(run)
     env = {
         **os.environ,
@@ -702,13 +754,7 @@ async def _run(
 ) -> LatencyResult:
     started = time.monotonic()
     settings = settings.model_copy(update={"memories_file": _memories_file(settings)})
-    backlog_run = _stage(settings, "b", settings.memories_file)
-    await ensure_topics(backlog_run)
-    try:
-        total = await pipeline._produce(backlog_run, memories, 5)
-        backlog = max([await pipeline._memstream(backlog_run, total) for _ in range(2)])
-    finally:
-        await _cleanup(backlog_run)
+    backlog = await _backlog(settings, memories=memories, per_memory=5)
     half, quarter = backlog / 2, backlog / 4
     bench = Memory("bench:{user}", "bench")
     runs: dict[str, RateRun] = {}
