@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sized
 from datetime import timedelta
 from enum import StrEnum
 
@@ -25,6 +25,8 @@ from memory_core.toolcalls import has_caller, tool_unit
 from memory_core.values import Value, replace
 
 DEFAULT_ID_WINDOW = 256
+# Batches of at most this many events look event ids up in the window without a set.
+_FEW_EVENTS = 4
 REJECTION_WINDOW = 64
 
 
@@ -89,13 +91,17 @@ _TOOL, _SHORT = Role.TOOL, Category.SHORT_TERM
 class _Work:
     """Mutable working copy of a state while one batch is applied."""
 
-    def __init__(self, state: MemoryState) -> None:
+    def __init__(
+        self, state: MemoryState, totals: Mapping[Category, int] | None, few: bool
+    ) -> None:
         self.messages = list(state.messages)
         self.ids = {m.id for m in state.messages}
-        self.totals = state.tokens_by_category()
+        self.totals = dict(totals) if totals is not None else state.tokens_by_category()
         self.last_offset = state.last_offset
         self.recent_ids = list(state.recent_event_ids)
-        self.recent_set = set(state.recent_event_ids)
+        # For a few events, scanning the window (in C) is cheaper than hashing all of it:
+        # the live case, one event per memory per batch.
+        self.recent_set: set[str] | None = None if few else set(state.recent_event_ids)
         self.flush_seq = state.flush_seq
         self.flush_pending = state.flush_pending
         self.flush_offset = state.flush_offset
@@ -163,9 +169,20 @@ class TokenMemoryManager:
         self._limits = {c: budget.of(c) for c in CATEGORIES}
         self._flush_rule = FlushRule(budget, flush_threshold)
 
-    def apply(self, state: MemoryState, events: Iterable[LoggedEvent]) -> ApplyResult:
-        """Apply ``events`` in order; the same state and events always give the same result."""
-        work = _Work(state)
+    def apply(
+        self,
+        state: MemoryState,
+        events: Iterable[LoggedEvent],
+        *,
+        totals: Mapping[Category, int] | None = None,
+    ) -> ApplyResult:
+        """Apply ``events`` in order; the same state and events always give the same result.
+
+        ``totals``, when given, must be ``state.tokens_by_category()`` (a caller that kept
+        the last result's ``tokens`` saves counting them again).
+        """
+        few = isinstance(events, Sized) and len(events) <= _FEW_EVENTS
+        work = _Work(state, totals, few)
         results: list[EventResult] = []
         flushes: list[int] = []
         for logged in events:
@@ -225,12 +242,17 @@ class TokenMemoryManager:
                     )
             return EventResult(logged.offset, event.event_id, _DUPLICATE_OFFSET)
         work.last_offset = logged.offset
-        if event.event_id in work.recent_set:
-            return EventResult(logged.offset, event.event_id, _DUPLICATE_ID)
-        work.recent_ids.append(event.event_id)
-        work.recent_set.add(event.event_id)
+        recent_set = work.recent_set
+        event_id = event.event_id
+        if event_id in (work.recent_ids if recent_set is None else recent_set):
+            return EventResult(logged.offset, event_id, _DUPLICATE_ID)
+        work.recent_ids.append(event_id)
+        if recent_set is not None:
+            recent_set.add(event_id)
         if len(work.recent_ids) > self.id_window:
-            work.recent_set.discard(work.recent_ids.pop(0))
+            oldest = work.recent_ids.pop(0)
+            if recent_set is not None:
+                recent_set.discard(oldest)
         if isinstance(event, MessageAppended):
             return self._append(work, logged.offset, event)
         if isinstance(event, FlushRequested):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from memory_core.errors import StoreUnavailableError
 from memory_core.eviction import ApplyResult, Outcome
-from memory_core.models import CATEGORIES, LoggedEvent, MemoryState, Snapshot
+from memory_core.models import CATEGORIES, Category, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import (
     decode_message,
@@ -85,6 +86,8 @@ class _Cached:
     meta: dict[str, str] = field(default_factory=dict)
     # Characters of message content held (for the cache's size).
     content: int = 0
+    # ``state.tokens_by_category()`` when known (from the write that made this state).
+    tokens: dict[Category, int] | None = None
 
     @property
     def size(self) -> int:
@@ -267,8 +270,9 @@ class RedisMemoryStore:
 
     def _write(self, b: KeyBatch, cached: _Cached, owner: str, token: int, hold: bool) -> _Write:
         """The batch applied to ``cached`` by the pure manager, and the write that stores it."""
-        result = b.policy.manager.apply(cached.state, b.events)
+        result = b.policy.manager.apply(cached.state, b.events, totals=cached.tokens)
         new = _next(cached, result.state)
+        new.cached.tokens = result.tokens
         meta = new.cached.meta = state_meta(
             result.state,
             {
@@ -470,6 +474,10 @@ class _Diff:
 def _next(old: _Cached, state: MemoryState) -> _Diff:
     """The writes that turn ``old`` into ``state``, with order scores for the new messages."""
     msgs = state.messages
+    old_msgs = old.state.messages
+    kept = len(old_msgs)
+    if len(msgs) >= kept and all(map(operator.is_, msgs[:kept], old_msgs)):
+        return _appended_only(old, state)
     old_scores = old.scores
     # A message is kept only if it is the very same object: an id evicted and appended again
     # within one batch is a different message (removed, then added at the end).
@@ -508,6 +516,23 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         next_pos += 1
     cached = _Cached(old.version, state, scores, next_pos, content=content)
     return _Diff(removed, inserted, appended_ids, encode_messages(appended), base, cached)
+
+
+def _appended_only(old: _Cached, state: MemoryState) -> _Diff:
+    """``_next`` when ``state`` keeps every old message in place and only appends (the
+    common case, and in a live stream the case of almost every write)."""
+    scores = dict(old.scores)
+    content = old.content
+    appended = state.messages[len(old.state.messages) :]
+    appended_ids: list[str] = []
+    base = next_pos = old.next_pos
+    for m in appended:
+        scores[m.id] = next_pos
+        appended_ids.append(m.id)
+        content += len(m.content)
+        next_pos += 1
+    cached = _Cached(old.version, state, scores, next_pos, content=content)
+    return _Diff([], [], appended_ids, encode_messages(appended), base, cached)
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
