@@ -13,7 +13,9 @@ Every figure comes from one run on this machine:
   record was decoded minus its send time. Same producer, rate and keys, fresh topics;
 - a threshold storm: the quarter rate on memories whose flush threshold every memory crosses
   on the same round (within ``memories / rate`` seconds), so the consumer produces a flush
-  command for each of them at once (no dispatcher runs: producing them is the cost);
+  command for each of them at once (no dispatcher runs: producing them is the cost); its p99
+  from the first flush request to a second after the last, against the same run's over as
+  long just before, and the quarter-rate run's over the same seconds;
 - RSS of a ``memstream run --roles apply`` process idle, then once it applied events for
   ``rss_memories`` distinct memories.
 
