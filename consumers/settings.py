@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     apply_max_records: int = 20_000
     # The apply consumer's cache of memory states, at most (an uncached memory costs one more
     # round trip on its next write; the cache is also capped at 50,000 memories).
-    state_cache_mb: int = 96
+    state_cache_mb: int = 256
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
 

@@ -126,7 +126,7 @@ class RedisMemoryStore:
         *,
         prefix: str = "memstream",
         cache_size: int = 50_000,
-        cache_bytes: int = 96 << 20,
+        cache_bytes: int = 256 << 20,
         chunk_keys: int = 64,
     ):
         self.redis = redis
