@@ -255,15 +255,7 @@ def clear(
     wait: Annotated[float, typer.Option(help=_WAIT_HELP)] = 10.0,
 ) -> None:
     """Remove every message of a memory; prints the outcome (exit 1 rejected, 3 unconfirmed)."""
-    timeout = _wait(wait)
-    chosen = event_id or uuid.uuid4().hex
-    _write(
-        key,
-        memory_id,
-        wait,
-        lambda memory: memory.clear(wait=timeout, event_id=chosen),
-        lambda config: ["clear", key, "--memory-id", config.id, "--event-id", chosen],
-    )
+    _memory_event("clear", key, memory_id, event_id, wait)
 
 
 @app.command("flush")
@@ -274,14 +266,26 @@ def flush(
     wait: Annotated[float, typer.Option(help=_WAIT_HELP)] = 10.0,
 ) -> None:
     """Request a flush of a memory now (it runs as a workflow); prints the request's outcome."""
+    _memory_event("flush", key, memory_id, event_id, wait)
+
+
+def _memory_event(
+    command: str, key: str, memory_id: str | None, event_id: str | None, wait: float
+) -> None:
+    """``clear`` or ``flush``: publish the event, report its outcome (the retry reuses its id)."""
     timeout = _wait(wait)
     chosen = event_id or uuid.uuid4().hex
+
+    def write(memory: AsyncSafeMemoryInstance) -> Awaitable[WriteOutcome]:
+        method = memory.clear if command == "clear" else memory.flush
+        return method(wait=timeout, event_id=chosen)
+
     _write(
         key,
         memory_id,
         wait,
-        lambda memory: memory.flush(wait=timeout, event_id=chosen),
-        lambda config: ["flush", key, "--memory-id", config.id, "--event-id", chosen],
+        write,
+        lambda config: [command, key, "--memory-id", config.id, "--event-id", chosen],
     )
 
 

@@ -506,7 +506,28 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         score = (lo + hi) / 2 if lo is not None else hi - 1.0
         scores[msgs[i].id] = score
         inserted += (repr(score), msgs[i].id, encode_message(msgs[i]))
-    appended = msgs[tail:]
+    return _with_appended(old, state, tail, scores, content, removed, inserted)
+
+
+def _appended_only(old: _Cached, state: MemoryState) -> _Diff:
+    """``_next`` when ``state`` keeps every old message in place and only appends (the
+    common case, and in a live stream the case of almost every write)."""
+    kept = len(old.state.messages)
+    return _with_appended(old, state, kept, dict(old.scores), old.content, [], [])
+
+
+def _with_appended(
+    old: _Cached,
+    state: MemoryState,
+    tail: int,
+    scores: dict[str, float],
+    content: int,
+    removed: list[str],
+    inserted: list[str | bytes],
+) -> _Diff:
+    """The diff, once the messages from ``tail`` on are the appended ones: they take the next
+    scores."""
+    appended = state.messages[tail:]
     appended_ids: list[str] = []
     base = next_pos = old.next_pos
     for m in appended:
@@ -516,23 +537,6 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         next_pos += 1
     cached = _Cached(old.version, state, scores, next_pos, content=content)
     return _Diff(removed, inserted, appended_ids, encode_messages(appended), base, cached)
-
-
-def _appended_only(old: _Cached, state: MemoryState) -> _Diff:
-    """``_next`` when ``state`` keeps every old message in place and only appends (the
-    common case, and in a live stream the case of almost every write)."""
-    scores = dict(old.scores)
-    content = old.content
-    appended = state.messages[len(old.state.messages) :]
-    appended_ids: list[str] = []
-    base = next_pos = old.next_pos
-    for m in appended:
-        scores[m.id] = next_pos
-        appended_ids.append(m.id)
-        content += len(m.content)
-        next_pos += 1
-    cached = _Cached(old.version, state, scores, next_pos, content=content)
-    return _Diff([], [], appended_ids, encode_messages(appended), base, cached)
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
