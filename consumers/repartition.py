@@ -160,7 +160,8 @@ async def _drained(
         while True:
             committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
             behind = sum(
-                max(end - (committed[tp].offset if tp in committed else 0), 0)
+                # A partition the group never committed reads as offset -1.
+                max(end - max(committed[tp].offset if tp in committed else 0, 0), 0)
                 for tp, end in ends.items()
             )
             if behind == 0:

@@ -144,3 +144,10 @@ async def test_repartition_waits_for_the_consumers_and_says_so(six: App) -> None
     assert consumer_group(settings, (await read_generations(settings))[0]) == (
         settings.consumer_group
     )
+
+
+async def test_an_empty_topic_moves_at_once_without_any_consumer(six: App) -> None:
+    # A group that never committed reads as offset -1 per partition: nothing is behind.
+    report = await repartition(six.settings, six.store, 3, drain_timeout_s=2)
+    assert (report.copied, report.new.partitions) == (0, 3)
+    assert (await active_generation(six.settings)).number == 2
