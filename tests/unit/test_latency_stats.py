@@ -7,7 +7,7 @@ from array import array
 
 import pytest
 
-from benchmarks.latency import (
+from benchmarks.latency_stats import (
     KEEPS_UP_BACKLOG_S,
     KEEPS_UP_DRAIN_S,
     NS,
