@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumers import deadletter
-from consumers.generations import topic_partition_count
 from consumers.producer import MemoryProducer
 from consumers.settings import Settings
+from consumers.topic_reader import read_to_end
 from memory_core import MemstreamError
 
 # On a marker record: the DLQ position ("<partition>:<offset>") of the entry it re-drove.
@@ -196,24 +196,7 @@ async def _source_value(settings: Settings, source: str) -> bytes | None:
 
 
 async def _read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    count = await topic_partition_count(settings, topic)
-    if count is None:
-        raise MemstreamError(f"the dead-letter topic {topic} does not exist")
-    consumer = _reader(settings)
     try:
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(count)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[ConsumerRecord[bytes, bytes]] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, records in fetched.items():
-                out.extend(r for r in records if r.offset < ends[tp])
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
+        return [r async for batch in read_to_end(settings, topic) for r in batch]
+    except MemstreamError as exc:
+        raise MemstreamError(f"the dead-letter topic: {exc}") from None

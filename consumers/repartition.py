@@ -46,6 +46,7 @@ from consumers.generations import (
     topic_partition_count,
 )
 from consumers.settings import Settings
+from consumers.topic_reader import read_to_end
 from memory_core import MemstreamError
 from memory_core.redis import RedisMemoryStore
 
@@ -236,33 +237,15 @@ async def _already_copied(
 ) -> dict[int, int]:
     """What an earlier, interrupted run copied: the last source offset per old partition
     (the moves of those records are recorded into ``report``)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
     last: dict[int, int] = {}
-    try:
-        await consumer.start()
-        if new.topic not in await consumer.topics():
-            return last
-        tps = [TopicPartition(new.topic, p) for p in range(new.partitions)]
-        ends = await consumer.end_offsets(tps)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, records in fetched.items():
-                for rec in records:
-                    source = dict(rec.headers or ()).get(SOURCE)
-                    if source is not None and rec.key is not None:
-                        _, partition, offset = source.decode().rsplit(":", 2)
-                        p, o = int(partition), int(offset)
-                        last[p] = max(last.get(p, -1), o)
-                        report.moves[rec.key].append((o, rec.offset))
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
+    async for records in read_to_end(settings, new.topic, missing_ok=True):
+        for rec in records:
+            source = dict(rec.headers or ()).get(SOURCE)
+            if source is not None and rec.key is not None:
+                _, partition, offset = source.decode().rsplit(":", 2)
+                p, o = int(partition), int(offset)
+                last[p] = max(last.get(p, -1), o)
+                report.moves[rec.key].append((o, rec.offset))
     for moves in report.moves.values():
         moves.sort()
     return last

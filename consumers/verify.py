@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
-
-from aiokafka import AIOKafkaConsumer
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
 from consumers.generations import active_generation
 from consumers.settings import Settings
+from consumers.topic_reader import read_to_end
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
 from memory_core.redis import KeyBatch, RedisMemoryStore
 from memory_core.values import replace
@@ -58,49 +56,23 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
     home partition, valid."""
     out = LogContents()
     gen = await active_generation(settings)
-    consumer = AIOKafkaConsumer(
-        gen.topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    try:
-        await consumer.start()
-        # Without a group, the consumer takes every partition once metadata arrives.
-        for _ in range(100):
-            if consumer.assignment():
-                break
-            await asyncio.sleep(0.05)
-        tps = sorted(consumer.assignment())
-        if not tps:
-            raise MemstreamError(f"topic {gen.topic} has no partitions")
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, records in fetched.items():
-                for rec in records:
-                    out.records += 1
-                    if rec.key is not None and gen.home(rec.key) != rec.partition:
-                        out.misplaced += 1
-                        continue
-                    try:
-                        decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
-                    except (DecodeError, MemstreamError):
-                        out.invalid += 1
-                        continue
-                    if decoded.event is not None:
-                        out.events[decoded.memory_key].append(
-                            LoggedEvent(rec.offset, decoded.event, decoded.at_ms)
-                        )
-                        out.policies[decoded.memory_key] = decoded.entry.policy
-                        out.homes[decoded.memory_key] = f"{rec.topic}:{rec.partition}"
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
+    async for records in read_to_end(settings, gen.topic):
+        for rec in records:
+            out.records += 1
+            if rec.key is not None and gen.home(rec.key) != rec.partition:
+                out.misplaced += 1
+                continue
+            try:
+                decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
+            except (DecodeError, MemstreamError):
+                out.invalid += 1
+                continue
+            if decoded.event is not None:
+                out.events[decoded.memory_key].append(
+                    LoggedEvent(rec.offset, decoded.event, decoded.at_ms)
+                )
+                out.policies[decoded.memory_key] = decoded.entry.policy
+                out.homes[decoded.memory_key] = f"{rec.topic}:{rec.partition}"
     return out
 
 

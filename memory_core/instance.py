@@ -25,7 +25,6 @@ from memory_core.health import MemoryHealth, budget_by_category
 from memory_core.keys import KeyTemplate, validate_memory_key
 from memory_core.models import Draft, Message, Role, Snapshot, ToolCall
 from memory_core.ports import Clock, EventPublisher, MemoryStore, SystemClock
-from memory_core.privacy import PrivacyPolicy
 from memory_core.writes import (
     RejectedWriteError,
     UnconfirmedWriteError,
@@ -76,7 +75,9 @@ class AsyncSafeMemoryInstance:
         self._store = store
         self._publisher = publisher
         self._clock = clock or SystemClock()
-        self._privacy = PrivacyPolicy(config.privacy)
+        # Only the roles matter here (redaction is the producer's and the consumer's): no
+        # patterns compiled per instance.
+        self._blocked = frozenset(config.privacy.non_persistable_roles)
         self._renders = KeyTemplate(config.key).matches(self.memory_key)
 
     async def read(self) -> list[Message]:
@@ -175,7 +176,7 @@ class AsyncSafeMemoryInstance:
         if event_ids is not None and len(event_ids) != len(drafts):
             raise ValueError(f"{len(event_ids)} event ids for {len(drafts)} drafts")
         ids = [e or uuid.uuid4().hex for e in event_ids or [None] * len(drafts)]
-        kept = [i for i, d in enumerate(drafts) if self._privacy.persists(d.role)]
+        kept = [i for i, d in enumerate(drafts) if d.role not in self._blocked]
         published = (
             await publisher.append(
                 self.memory_key,

@@ -288,9 +288,7 @@ class RedisMemoryStore:
         policy = b.policy
         # write.lua's arguments: a few JSON values (each argument packed costs more than Lua
         # decoding it), then the rare inserted messages.
-        added, replace_window = _window_change(
-            cached.state.recent_event_ids, result, policy.manager.id_window
-        )
+        added = _window_added(cached.state.recent_event_ids, result)
         header = (
             owner,
             token,
@@ -302,7 +300,6 @@ class RedisMemoryStore:
             new.base,
             len(new.inserted) // 3,
             policy.manager.id_window,
-            1 if replace_window else 0,
         )
         args: list[Arg] = [
             _dumps(header),
@@ -311,7 +308,7 @@ class RedisMemoryStore:
             # Only the ids the batch added to the window (a list trimmed by Redis): the cost of a
             # write does not grow with the window, which matters when a batch holds one event
             # per memory (a live stream).
-            _dumps(added) if added or replace_window else b"",
+            _dumps(added) if added else b"",
             _dumps(new.removed),
             _dumps(changed),
         ]
@@ -557,22 +554,17 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
 _SKIPPED_WINDOW = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)
 
 
-def _window_change(
-    old: tuple[str, ...], result: ApplyResult, window: int
-) -> tuple[tuple[str, ...], bool]:
-    """The event ids a batch appended to the window, and whether the stored window must be
-    replaced instead (it does not end as the old one plus those ids, trimmed)."""
+def _window_added(old: tuple[str, ...], result: ApplyResult) -> tuple[str, ...]:
+    """The event ids a batch appended to the window: the manager's window is always the old
+    one plus these, trimmed to its length (Redis trims the stored list the same way)."""
     new = result.state.recent_event_ids
     if new == old:
-        return (), False
+        return ()
     # Ids enter the window in step 2: every event past step 1 whose id was not a duplicate.
     entered = sum(
         1 for r in result.results if r.outcome not in _SKIPPED_WINDOW and not r.redelivered
     )
-    added = new[len(new) - min(entered, len(new)) :]
-    if (old + added)[-window:] == new:
-        return added, False
-    return new, True
+    return new[len(new) - min(entered, len(new)) :]
 
 
 def _recent_ids(raw: bytes | str | None) -> tuple[str, ...]:

@@ -9,8 +9,7 @@
 --          epoch (-1 = none), expected_version, ttl_ms, hold_ms (0 = release the lock after
 --          the write, else keep holding it for hold_ms more), lease_ms (how long a CONFLICT
 --          keeps the lock), the score of the first appended message (the next ones follow
---          by 1), the number of inserted messages, the ids window's length, 1 to replace
---          the stored window by ARGV[4] instead of appending it];
+--          by 1), the number of inserted messages, the ids window's length];
 --       2. a JSON array of the appended messages' ids; 3. their bodies as newline-delimited
 --          JSON (each followed by a newline; JSON bodies hold none);
 --       4. the event ids the batch added to the window, a JSON array ('' when none),
@@ -25,7 +24,7 @@
 local h = cjson.decode(ARGV[1])
 local owner, token, epoch, expected = h[1], h[2], h[3], h[4]
 local ttl, hold, lease, base, n_inserted = h[5], h[6], h[7], h[8], h[9]
-local window, replace_window = h[10], h[11]
+local window = h[10]
 -- The ids window as stored: a list (a JSON string, as the previous version kept it, is
 -- read as well and converted by the next write).
 local function recent_ids()
@@ -88,9 +87,7 @@ for i = 1, #zargs, 1000 do
 end
 if ARGV[4] ~= '' then
   local add = cjson.decode(ARGV[4])
-  if replace_window == 1 then
-    redis.call('DEL', KEYS[6])
-  elseif redis.call('TYPE', KEYS[6]).ok == 'string' then
+  if redis.call('TYPE', KEYS[6]).ok == 'string' then
     local old = cjson.decode(redis.call('GET', KEYS[6]))
     redis.call('DEL', KEYS[6])
     for i = 1, #old, 1000 do redis.call('RPUSH', KEYS[6], unpack(old, i, math.min(i + 999, #old))) end

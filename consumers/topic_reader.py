@@ -1,0 +1,49 @@
+"""Reading a whole topic, from its beginning to the end it had when the read began."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from consumers.generations import topic_partition_count
+from consumers.settings import Settings
+from memory_core import MemstreamError
+
+
+async def read_to_end(
+    settings: Settings, topic: str, *, missing_ok: bool = False
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Every record of ``topic`` up to its current end, a fetched batch of one partition at
+    a time (offset order within a partition). No group, nothing committed. A missing topic
+    yields nothing with ``missing_ok``, else raises ``MemstreamError``."""
+    count = await topic_partition_count(settings, topic)
+    if count is None:
+        if missing_ok:
+            return
+        raise MemstreamError(f"topic {topic} does not exist")
+    # Large fetches: dead letters carry records of almost 1 MB.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
+            for tp, records in fetched.items():
+                batch = [r for r in records if r.offset < ends[tp]]
+                if batch:
+                    yield batch
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
