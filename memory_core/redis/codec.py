@@ -78,6 +78,49 @@ def state_meta(
     return fields
 
 
+def changed_meta(
+    old: MemoryState,
+    old_tokens: Mapping[Category, int],
+    new: MemoryState,
+    new_tokens: Mapping[Category, int],
+) -> dict[str, str]:
+    """The fields of ``state_meta(new, …, new_tokens)`` that differ from those of
+    ``state_meta(old, …, old_tokens)`` (compared as values, without building both)."""
+    fields: dict[str, str] = {}
+    if new.last_offset != old.last_offset:
+        fields["last_offset"] = str(new.last_offset)
+    if new.flush_seq != old.flush_seq:
+        fields["flush_seq"] = str(new.flush_seq)
+    if new.flush_pending != old.flush_pending:
+        fields["flush_pending"] = "1" if new.flush_pending else "0"
+    if new.flush_offset != old.flush_offset:
+        fields["flush_offset"] = str(new.flush_offset)
+    if new.flush_requested_at_ms != old.flush_requested_at_ms:
+        at = new.flush_requested_at_ms
+        fields["flush_requested_at_ms"] = "" if at is None else str(at)
+    if new.last_flush_at_ms != old.last_flush_at_ms:
+        at = new.last_flush_at_ms
+        fields["last_flush_at_ms"] = "" if at is None else str(at)
+    if new.last_tokens_saved != old.last_tokens_saved:
+        fields["last_tokens_saved"] = str(new.last_tokens_saved)
+    if new.tokens_saved_total != old.tokens_saved_total:
+        fields["tokens_saved_total"] = str(new.tokens_saved_total)
+    if len(new.messages) != len(old.messages):
+        fields["messages"] = str(len(new.messages))
+    if new.recent_rejections is not old.recent_rejections and (
+        new.recent_rejections != old.recent_rejections
+    ):
+        fields["rejections"] = (
+            orjson.dumps([list(r) for r in new.recent_rejections]).decode()
+            if new.recent_rejections
+            else "[]"
+        )
+    for category, name in _TOKEN_FIELDS:
+        if new_tokens[category] != old_tokens[category]:
+            fields[name] = str(new_tokens[category])
+    return fields
+
+
 def state_from(
     meta: Mapping[str, str], messages: tuple[Message, ...], recent_ids: tuple[str, ...] = ()
 ) -> MemoryState:

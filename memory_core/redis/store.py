@@ -21,6 +21,7 @@ from memory_core.eviction import ApplyResult, Outcome
 from memory_core.models import CATEGORIES, Category, LoggedEvent, MemoryState, Snapshot
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import (
+    changed_meta,
     decode_message,
     encode_message,
     encode_messages,
@@ -82,12 +83,19 @@ class _Cached:
     state: MemoryState
     scores: dict[str, float] = field(default_factory=dict)
     next_pos: float = 1.0
-    # The meta fields as stored, so a write sends only those that changed.
-    meta: dict[str, str] = field(default_factory=dict)
+    # The meta fields as stored, when they came from Redis (or ``{}``: nothing stored); None
+    # once this process wrote them: they are then ``state_meta`` of ``state`` with
+    # ``stored``, and a write compares states to find the fields that changed.
+    meta: dict[str, str] | None = field(default_factory=dict)
     # Characters of message content held (for the cache's size).
     content: int = 0
     # ``state.tokens_by_category()`` when known (from the write that made this state).
     tokens: dict[Category, int] | None = None
+    # The memory's config fingerprint, memory id and home as written (with ``meta`` None).
+    stored: tuple[str, str, str] = ("", "", "")
+    # The stored ids window is known to be a list (else write.lua checks its type).
+    ids_list: bool = False
+    nbytes: int = 0  # ``size`` when cached
 
     @property
     def size(self) -> int:
@@ -104,6 +112,9 @@ class _Cached:
 # Measured with tracemalloc on CPython 3.11: a cached state with its meta ~2.4 kB, each message
 # ~340 bytes besides its content's characters (+49 for the str header), each event id ~90.
 _CACHED_BASE, _PER_MESSAGE, _PER_ID = 2_400, 390, 90
+_APPLIED = WriteStatus.APPLIED
+# The meta fields ``_Cached.stored`` holds, in its order.
+_STORED = ("config", "memory_id", "home")
 _RETRIED = (WriteStatus.LOCKED, WriteStatus.CONFLICT, WriteStatus.LOCK_LOST)
 # Chunks written but not yet read, at most: each holds a pooled connection meanwhile.
 _IN_FLIGHT = 4
@@ -114,7 +125,9 @@ class _Write:
     batch: KeyBatch
     cached: _Cached  # the state after the write, version set once Redis accepts it
     result: ApplyResult
-    call: Call
+    keys: tuple[str, ...]
+    args: list[Arg]  # this memory's part of write.lua's arguments
+    renews: bool  # sets the lock's lease (else it is held with enough left, or released)
 
 
 class RedisMemoryStore:
@@ -199,28 +212,35 @@ class RedisMemoryStore:
     async def _round(
         self, batches: list[KeyBatch], owner: str, hold: bool, refreshed: dict[str, _Cached]
     ) -> list[KeyOutcome]:
-        # One write per memory. A memory never seen is computed from the empty state (version
-        # 0): new memories, the common case, then cost a single round trip; one that exists
-        # answers CONFLICT with its state, and the next round writes it.
+        # One write per memory, a chunk of memories per script call. A memory never seen is
+        # computed from the empty state (version 0): new memories, the common case, then cost
+        # a single round trip; one that exists answers CONFLICT with its state, and the next
+        # round writes it.
         now = time.monotonic()
         size = self._chunk_keys
         window: deque[tuple[list[_Write], InFlight]] = deque()
         outcomes: list[KeyOutcome] = []
+        empty = _Cached(0, MemoryState())
         try:
             for i in range(0, len(batches), size):
                 writes = []
+                keys: list[str] = []
+                args: list[Arg] = [owner]
                 for b in batches[i : i + size]:
                     cached = (
-                        refreshed.pop(b.memory_key, None)
-                        or self._cache.get(b.memory_key)
-                        or _Cached(0, MemoryState())
+                        refreshed.pop(b.memory_key, None) or self._cache.get(b.memory_key) or empty
                     )
                     held = self._held.get(b.memory_key)
                     # A lock still held from an earlier batch (with half its lease left) is
-                    # written with its token; else the write takes the lock, draws a token.
+                    # written with its token and left as it is; else the write takes the lock
+                    # (again), drawing a token.
                     token = held[0] if held is not None and held[1] > now else -1
-                    writes.append(self._write(b, cached, owner, token, hold))
-                window.append((writes, await self._scripts.send([w.call for w in writes])))
+                    w = self._write(b, cached, token, hold)
+                    writes.append(w)
+                    keys += w.keys
+                    args += w.args
+                inflight = await self._scripts.send([Call(WRITE, keys, args)])
+                window.append((writes, inflight))
                 if len(window) >= _IN_FLIGHT:
                     outcomes += await self._settle(*window.popleft(), hold, refreshed)
             while window:
@@ -238,28 +258,29 @@ class RedisMemoryStore:
         self, writes: list[_Write], inflight: InFlight, hold: bool, refreshed: dict[str, _Cached]
     ) -> list[KeyOutcome]:
         """Read one chunk's replies and record what they say in the cache and held locks."""
-        replies = await inflight.replies()
+        (replies,) = await inflight.replies()
         written_at = time.monotonic()
         outcomes: list[KeyOutcome] = []
+        held = self._held
         for w, reply in zip(writes, replies, strict=True):
             b = w.batch
             key = b.memory_key
             status = _s(reply[0])
             if status == "OK":
-                w.cached.version = int(_s(reply[1]))
+                w.cached.version = int(reply[1])
                 self._remember(key, w.cached)
-                if hold:
-                    self._held[key] = (int(reply[2]), written_at + b.policy.lock_ttl_ms / 2000)
-                else:
-                    self._held.pop(key, None)
-                outcomes.append(KeyOutcome(key, WriteStatus.APPLIED, w.result))
+                if not hold:
+                    held.pop(key, None)
+                elif w.renews:
+                    held[key] = (int(reply[2]), written_at + b.policy.lock_ttl_ms / 2000)
+                outcomes.append(KeyOutcome(key, _APPLIED, w.result))
             elif status == "CONFLICT":
                 refreshed[key] = _decode_cached(int(reply[2]), reply)
                 self._remember(key, refreshed[key])
-                self._held[key] = (int(reply[1]), written_at + b.policy.lock_ttl_ms / 2000)
+                held[key] = (int(reply[1]), written_at + b.policy.lock_ttl_ms / 2000)
                 outcomes.append(KeyOutcome(key, WriteStatus.CONFLICT, detail="state refreshed"))
             else:
-                self._held.pop(key, None)
+                held.pop(key, None)
                 if status == "FENCED":
                     self._drop(key)
                 # LOCKED, LOCK_LOST: the cached state stays; if another writer changes the
@@ -268,58 +289,66 @@ class RedisMemoryStore:
                 outcomes.append(KeyOutcome(key, WriteStatus(status.lower()), detail=detail))
         return outcomes
 
-    def _write(self, b: KeyBatch, cached: _Cached, owner: str, token: int, hold: bool) -> _Write:
+    def _write(self, b: KeyBatch, cached: _Cached, token: int, hold: bool) -> _Write:
         """The batch applied to ``cached`` by the pure manager, and the write that stores it."""
-        result = b.policy.manager.apply(cached.state, b.events, totals=cached.tokens)
-        new = _next(cached, result.state)
-        new.cached.tokens = result.tokens
-        meta = new.cached.meta = state_meta(
-            result.state,
-            {
-                "next_pos": repr(new.cached.next_pos),
-                "config": b.policy.fingerprint,
-                "memory_id": b.policy.config.id,
-                **({"home": b.home} if b.home else {}),
-            },
-            result.tokens,
-        )
-        old_meta = cached.meta
-        changed = {f: v for f, v in meta.items() if old_meta.get(f) != v}
         policy = b.policy
-        # write.lua's arguments: a few JSON values (each argument packed costs more than Lua
-        # decoding it), then the rare inserted messages.
+        result = policy.manager.apply(cached.state, b.events, totals=cached.tokens)
+        new = _next(cached, result.state)
+        now = new.cached
+        now.tokens = result.tokens
+        stored = now.stored = (
+            policy.fingerprint,
+            policy.config.id,
+            b.home or cached.stored[2],
+        )
+        if cached.meta is None:
+            # The stored meta is what this process wrote: compare states, not strings.
+            changed = changed_meta(
+                cached.state,
+                cached.tokens or cached.state.tokens_by_category(),
+                result.state,
+                result.tokens,
+            )
+            if now.next_pos != cached.next_pos:
+                changed["next_pos"] = repr(now.next_pos)
+            for name, old, value in zip(_STORED, cached.stored, stored, strict=True):
+                if value != old:
+                    changed[name] = value
+        else:
+            meta = state_meta(result.state, _extra(now), result.tokens)
+            old_meta = cached.meta
+            changed = {f: v for f, v in meta.items() if old_meta.get(f) != v}
+        now.meta = None
+        # Only the ids the batch added to the window (a list trimmed by Redis): the cost of a
+        # write does not grow with the window, which matters when a batch holds one event per
+        # memory (a live stream).
         added = _window_added(cached.state.recent_event_ids, result)
+        now.ids_list = cached.ids_list or bool(added)
+        renews = hold and token < 0
         header = (
-            owner,
             token,
             b.epoch,
             cached.version,
             policy.ttl_ms,
-            policy.lock_ttl_ms if hold else 0,
+            (policy.lock_ttl_ms if renews else -1) if hold else 0,
             policy.lock_ttl_ms,
             new.base,
             len(new.inserted) // 3,
             policy.manager.id_window,
+            1 if cached.ids_list else 0,
+            new.appended_ids,
+            added,
+            new.removed,
+            changed,
         )
-        args: list[Arg] = [
-            _dumps(header),
-            _dumps(new.appended_ids),
-            new.appended_bodies,
-            # Only the ids the batch added to the window (a list trimmed by Redis): the cost of a
-            # write does not grow with the window, which matters when a batch holds one event
-            # per memory (a live stream).
-            _dumps(added) if added else b"",
-            _dumps(new.removed),
-            _dumps(changed),
-        ]
-        args += new.inserted
+        args: list[Arg] = [_dumps(header), new.appended_bodies, *new.inserted]
         k = self.keys(b.memory_key)
         # The partition's epoch key: a zombie (an owner the group replaced) is refused even on
         # memories the new owner has not written yet. Another slot in Redis Cluster: see
         # docs/decisions/0008-one-home-per-memory.md.
         epoch_key = self.epoch_key(b.home or "-")
-        call = Call(WRITE, (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids, epoch_key), args)
-        return _Write(b, new.cached, result, call)
+        keys = (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids, epoch_key)
+        return _Write(b, now, result, keys, args, renews)
 
     async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
         """Release the locks held across batches (all when None); returns how many were held."""
@@ -338,22 +367,23 @@ class RedisMemoryStore:
         cache = self._cache
         old = cache.get(memory_key)
         if old is not None:
-            self.cached_bytes -= old.size
+            self.cached_bytes -= old.nbytes
         cache[memory_key] = cached
         cache.move_to_end(memory_key)
-        self.cached_bytes += cached.size
+        cached.nbytes = cached.size
+        self.cached_bytes += cached.nbytes
         while len(cache) > self._cache_size or (
             self.cached_bytes > self._cache_bytes and len(cache) > 1
         ):
             key, gone = cache.popitem(last=False)
-            self.cached_bytes -= gone.size
+            self.cached_bytes -= gone.nbytes
             # A lock held for an uncached memory is taken again by its next write.
             self._held.pop(key, None)
 
     def _drop(self, memory_key: str) -> None:
         gone = self._cache.pop(memory_key, None)
         if gone is not None:
-            self.cached_bytes -= gone.size
+            self.cached_bytes -= gone.nbytes
 
     def epoch_key(self, scope: str) -> str:
         """The Redis key of the epoch counter of ``scope`` (``"<topic>:<partition>"``)."""
@@ -537,7 +567,8 @@ def _with_appended(
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
-    """The state a CONFLICT reply carries: ``[status, token, version, meta, order, msgs, ids]``."""
+    """The state a CONFLICT reply carries:
+    ``[status, token, version, meta, order, msgs, ids, ids' type]``."""
     meta = pairs(reply[3])
     flat_order = [_s(x) for x in reply[4]]
     bodies = pairs(reply[5])
@@ -548,7 +579,20 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     recent = _recent_ids(reply[6])
     content = sum(len(m.content) for m in messages)
     state = state_from(meta, messages, recent)
-    return _Cached(version, state, scores, next_pos, meta, content)
+    stored = (meta.get("config", ""), meta.get("memory_id", ""), meta.get("home", ""))
+    ids_list = _s(reply[7]) != "string"
+    return _Cached(
+        version, state, scores, next_pos, meta, content, stored=stored, ids_list=ids_list
+    )
+
+
+def _extra(c: _Cached) -> dict[str, str]:
+    """The meta fields of ``c`` that are not derived from its state."""
+    config, memory_id, home = c.stored
+    extra = {"next_pos": repr(c.next_pos), "config": config, "memory_id": memory_id}
+    if home:
+        extra["home"] = home
+    return extra
 
 
 _SKIPPED_WINDOW = (Outcome.DUPLICATE_OFFSET, Outcome.DUPLICATE_ID)

@@ -11,14 +11,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memory_core import Kind, Message, Role, ToolCall
+from memory_core.eviction import TokenMemoryManager
 from memory_core.models import NO_METADATA, Category, MemoryState
 from memory_core.redis.codec import (
+    changed_meta,
     decode_message,
     encode_message,
     encode_messages,
     state_from,
     state_meta,
 )
+from tests.strategies import batches, budgets, event_logs
 
 _text = st.text(max_size=30)
 _ids = st.text(min_size=1, max_size=12)
@@ -160,3 +163,17 @@ def test_a_meta_written_before_flush_request_times_reads_as_unknown() -> None:
     del meta["flush_requested_at_ms"]
     state = state_from(meta, ())
     assert (state.flush_seq, state.flush_pending, state.flush_requested_at_ms) == (2, True, None)
+
+
+@given(data=st.data())
+def test_changed_meta_is_exactly_the_fields_whose_stored_value_changes(data: st.DataObject) -> None:
+    # The store finds a write's changed meta fields by comparing states; it must send exactly
+    # what comparing the stored strings would.
+    manager = TokenMemoryManager(data.draw(budgets()), id_window=3)
+    state, tokens = MemoryState(), MemoryState().tokens_by_category()
+    for batch in data.draw(batches(data.draw(event_logs()))):
+        result = manager.apply(state, batch, totals=tokens)
+        old, new = state_meta(state, {}, tokens), state_meta(result.state, {}, result.tokens)
+        expected = {f: v for f, v in new.items() if old[f] != v}
+        assert changed_meta(state, tokens, result.state, result.tokens) == expected
+        state, tokens = result.state, result.tokens
