@@ -27,7 +27,7 @@ from consumers.generations import (
     read_generations,
     topic_partition_count,
 )
-from consumers.lifecycle import Component, gc_paused, run_steps
+from consumers.lifecycle import BatchCollection, Component, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import MemstreamError
@@ -98,6 +98,7 @@ class ApplyConsumer(Component):
         self._decoder: Decoder | None = None
         self._checked_generation_at = 0.0
         self._checkpoints: Checkpoints | None = None
+        self._collection = BatchCollection()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ class ApplyConsumer(Component):
             if not batch.fetched:
                 return BatchReport()
             try:
-                with gc_paused():
+                with self._collection.batch():
                     report = await self._process(consumer, batch)
             except BaseException:
                 # Nothing of this batch (nor of the next, fetched ahead) is committed: rewind

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.lifecycle import gc_paused, tune_gc
+from consumers.lifecycle import BatchCollection, gc_paused, tune_gc
 
 
 @pytest.fixture
@@ -45,5 +45,29 @@ def test_gc_paused_disables_collection_inside_and_restores_it_after() -> None:
 
 def test_gc_paused_restores_collection_when_the_body_raises() -> None:
     with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_a_batch_freezes_what_it_leaves_alive_and_thaws_it_periodically(restore_gc: None) -> None:
+    gc.unfreeze()
+    collection = BatchCollection(thaw_every_s=3600)
+    with collection.batch():
+        assert not gc.isenabled()
+        kept = [[i] for i in range(1000)]  # tracked objects the batch leaves alive
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept)
+    # Young collections no longer see them.
+    assert all(not any(x is o for o in gc.get_objects(0)) for x in kept[:5])
+    collection.thaw_every_s = 0
+    with collection.batch():
+        pass
+    assert gc.get_freeze_count() == 0  # given back to the collector, as old objects
+    assert any(kept[0] is o for o in gc.get_objects(2))
+
+
+def test_a_batch_that_raises_still_restores_collection(restore_gc: None) -> None:
+    with pytest.raises(RuntimeError), BatchCollection().batch():
         raise RuntimeError("boom")
     assert gc.isenabled()
