@@ -8,11 +8,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.service import RPCError
 
 from consumers.catalog import MemoryCatalog
 from consumers.generations import active_generation
@@ -21,8 +19,14 @@ from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import EncodingRegistry, HybridFlushingStrategy
 from memory_core.redis import RedisLockManager, RedisMemoryStore, use_hiredis_packing
-from memory_core.temporal import FlushActivities
 from schemas import AvroCodec, ConfluentRegistry, EmbeddedRegistry, SchemaRegistry
+
+if TYPE_CHECKING:
+    # Imported where used: the Temporal SDK is ~35 MiB that an apply-only process never
+    # needs (docs/decisions/0011).
+    from temporalio.client import Client
+
+    from memory_core.temporal import FlushActivities
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,10 @@ async def connect_temporal(
     The first failed attempt logs one warning; later ones back off exponentially (debug
     lines only) until the server answers. Cancel the call to give up (SIGTERM does).
     """
+    from temporalio.client import Client
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+    from temporalio.service import RPCError
+
     backoff = first_backoff_s
     waited_since: float | None = None
     while True:
@@ -136,6 +144,8 @@ class App:
 
     def flush_activities(self) -> FlushActivities:
         """The flush activity bound to this process's store and producer."""
+        from memory_core.temporal import FlushActivities
+
         strategies = strategy_lookup(self.catalog)
         return FlushActivities(store=self.store, publisher=self.producer, strategies=strategies.get)
 

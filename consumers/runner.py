@@ -9,21 +9,23 @@ import logging
 import signal
 from collections.abc import Coroutine, Iterable
 from datetime import timedelta
-from typing import Any
-
-from temporalio.client import Client
-from temporalio.service import RPCError
-from temporalio.worker import Worker
+from typing import TYPE_CHECKING, Any
 
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App, build_app, connect_temporal
-from consumers.dispatcher import FlushDispatcher
 from consumers.lifecycle import Component
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from consumers.topics import ensure_topics
 from memory_core import MemstreamError
-from memory_core.temporal import create_worker
+
+if TYPE_CHECKING:
+    # Imported by the roles that use them: an apply-only process never loads the Temporal
+    # SDK (~35 MiB, docs/decisions/0011).
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from consumers.dispatcher import FlushDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class Runner(Component):
             await self.consumer.start()
             self._spawn("apply", self.consumer.run(self._stop))
         if "dispatch" in self.roles:
+            from consumers.dispatcher import FlushDispatcher
+
             assert self._temporal is not None
             self.dispatcher = FlushDispatcher(
                 settings=settings, client=self._temporal, codec=app.codec, telemetry=app.telemetry
@@ -169,6 +173,8 @@ class Runner(Component):
 
     async def _work(self, client: Client) -> None:
         """The worker role: polls until stopped; a worker ended by an outage is replaced."""
+        from memory_core.temporal import create_worker
+
         settings = self.app.settings
         while not self._stop.is_set():
             worker = create_worker(
@@ -213,6 +219,8 @@ class Runner(Component):
 
 async def temporal_answers(client: Client) -> bool:
     """Whether the Temporal frontend of ``client`` answers a health check now."""
+    from temporalio.service import RPCError
+
     try:
         return await client.service_client.check_health(timeout=timedelta(seconds=2))
     except (RPCError, RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import operator
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,14 @@ from redis.exceptions import ResponseError
 
 from memory_core.errors import StoreUnavailableError
 from memory_core.eviction import ApplyResult, Outcome
-from memory_core.models import CATEGORIES, Category, LoggedEvent, MemoryState, Snapshot
+from memory_core.models import (
+    CATEGORIES,
+    NO_METADATA,
+    LoggedEvent,
+    MemoryState,
+    Message,
+    Snapshot,
+)
 from memory_core.policy import MemoryPolicy
 from memory_core.redis.codec import (
     changed_meta,
@@ -30,9 +38,9 @@ from memory_core.redis.codec import (
     state_meta,
 )
 from memory_core.redis.errors import translate_redis_errors
-from memory_core.redis.layout import MemoryKeys
+from memory_core.redis.layout import MemoryKeys, write_keys
 from memory_core.redis.scripts import Arg, Call, InFlight, Script, ScriptRunner
-from memory_core.values import Value
+from memory_core.values import Value, replace
 
 _dumps = orjson.dumps
 WRITE = Script.load("write")
@@ -87,10 +95,9 @@ class _Cached:
     # once this process wrote them: they are then ``state_meta`` of ``state`` with
     # ``stored``, and a write compares states to find the fields that changed.
     meta: dict[str, str] | None = field(default_factory=dict)
-    # Characters of message content held (for the cache's size).
-    content: int = 0
-    # ``state.tokens_by_category()`` when known (from the write that made this state).
-    tokens: dict[Category, int] | None = None
+    # ``state.tokens_by_category()`` in ``CATEGORIES`` order, when known (from the write
+    # that made this state): a tuple, a quarter of a dict's size.
+    tokens: tuple[int, ...] | None = None
     # The memory's config fingerprint, memory id and home as written (with ``meta`` None).
     stored: tuple[str, str, str] = ("", "", "")
     # The stored ids window is known to be a list (else write.lua checks its type).
@@ -103,15 +110,15 @@ class _Cached:
         state = self.state
         return (
             _CACHED_BASE
-            + self.content
             + _PER_MESSAGE * len(state.messages)
             + _PER_ID * len(state.recent_event_ids)
         )
 
 
-# Measured with tracemalloc on CPython 3.11: a cached state with its meta ~2.4 kB, each message
-# ~340 bytes besides its content's characters (+49 for the str header), each event id ~90.
-_CACHED_BASE, _PER_MESSAGE, _PER_ID = 2_400, 390, 90
+# Measured with tracemalloc on CPython 3.11 (50,000 cached memories of 3 messages, 159 MiB
+# traced): a cached state ~1.2 kB besides its messages (its entries in the cache and the held
+# locks included), each light message ~300 bytes with its score, each event id ~90.
+_CACHED_BASE, _PER_MESSAGE, _PER_ID = 1_200, 300, 90
 _APPLIED = WriteStatus.APPLIED
 # The meta fields ``_Cached.stored`` holds, in its order.
 _STORED = ("config", "memory_id", "home")
@@ -292,10 +299,12 @@ class RedisMemoryStore:
     def _write(self, b: KeyBatch, cached: _Cached, token: int, hold: bool) -> _Write:
         """The batch applied to ``cached`` by the pure manager, and the write that stores it."""
         policy = b.policy
-        result = policy.manager.apply(cached.state, b.events, totals=cached.tokens)
+        known = cached.tokens
+        totals = None if known is None else dict(zip(CATEGORIES, known, strict=True))
+        result = policy.manager.apply(cached.state, b.events, totals=totals)
         new = _next(cached, result.state)
         now = new.cached
-        now.tokens = result.tokens
+        now.tokens = tuple([result.tokens[c] for c in CATEGORIES])
         stored = now.stored = (
             policy.fingerprint,
             policy.config.id,
@@ -305,7 +314,7 @@ class RedisMemoryStore:
             # The stored meta is what this process wrote: compare states, not strings.
             changed = changed_meta(
                 cached.state,
-                cached.tokens or cached.state.tokens_by_category(),
+                totals or cached.state.tokens_by_category(),
                 result.state,
                 result.tokens,
             )
@@ -342,12 +351,11 @@ class RedisMemoryStore:
             changed,
         )
         args: list[Arg] = [_dumps(header), new.appended_bodies, *new.inserted]
-        k = self.keys(b.memory_key)
         # The partition's epoch key: a zombie (an owner the group replaced) is refused even on
         # memories the new owner has not written yet. Another slot in Redis Cluster: see
         # docs/decisions/0008-one-home-per-memory.md.
         epoch_key = self.epoch_key(b.home or "-")
-        keys = (k.lock, k.meta, k.order, k.msgs, k.fence, k.ids, epoch_key)
+        keys = (*write_keys(b.memory_key, self.prefix), epoch_key)
         return _Write(b, now, result, keys, args, renews)
 
     async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
@@ -515,10 +523,8 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         tail -= 1
     scores: dict[str, float] = {}
     fresh: list[int] = []
-    content = 0
     for i in range(tail):
         m = msgs[i]
-        content += len(m.content)
         if id(m) in held:
             scores[m.id] = old_scores[m.id]
         else:
@@ -533,37 +539,51 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         score = (lo + hi) / 2 if lo is not None else hi - 1.0
         scores[msgs[i].id] = score
         inserted += (repr(score), msgs[i].id, encode_message(msgs[i]))
-    return _with_appended(old, state, tail, scores, content, removed, inserted)
+    if fresh:
+        light = list(msgs)
+        for i in fresh:
+            light[i] = _light(msgs[i])
+        msgs = tuple(light)
+    return _with_appended(old, state, msgs, tail, scores, removed, inserted)
 
 
 def _appended_only(old: _Cached, state: MemoryState) -> _Diff:
     """``_next`` when ``state`` keeps every old message in place and only appends (the
     common case, and in a live stream the case of almost every write)."""
     kept = len(old.state.messages)
-    return _with_appended(old, state, kept, dict(old.scores), old.content, [], [])
+    return _with_appended(old, state, state.messages, kept, dict(old.scores), [], [])
 
 
 def _with_appended(
     old: _Cached,
     state: MemoryState,
+    msgs: tuple[Message, ...],
     tail: int,
     scores: dict[str, float],
-    content: int,
     removed: list[str],
     inserted: list[str | bytes],
 ) -> _Diff:
     """The diff, once the messages from ``tail`` on are the appended ones: they take the next
-    scores."""
+    scores. ``msgs`` is ``state.messages`` with those before ``tail`` already light."""
     appended = state.messages[tail:]
     appended_ids: list[str] = []
     base = next_pos = old.next_pos
     for m in appended:
         scores[m.id] = next_pos
         appended_ids.append(m.id)
-        content += len(m.content)
         next_pos += 1
-    cached = _Cached(old.version, state, scores, next_pos, content=content)
+    light = msgs[:tail] + tuple([_light(m) for m in appended])
+    cached = _Cached(old.version, replace(state, messages=light), scores, next_pos)
     return _Diff(removed, inserted, appended_ids, encode_messages(appended), base, cached)
+
+
+def _light(m: Message) -> Message:
+    """``m`` as the cache keeps it: without its content and metadata, which the manager never
+    reads (its writes send only new messages, encoded from the events). A cached message is
+    then its id, role, tokens and tool calls: under half its size in a chat (decision 0011)."""
+    if m.content or m.metadata:
+        return replace(m, content="", metadata=NO_METADATA)
+    return m
 
 
 def _decode_cached(version: int, reply: list[Any]) -> _Cached:
@@ -573,17 +593,27 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     flat_order = [_s(x) for x in reply[4]]
     bodies = pairs(reply[5])
     ids = flat_order[0::2]
-    scores = {i: float(s) for i, s in zip(ids, flat_order[1::2], strict=True)}
-    messages = tuple(decode_message(bodies[i]) for i in ids)
+    messages = tuple(_light(decode_message(bodies[i])) for i in ids)
+    # Keyed by the messages' own id strings: one copy of each id in the cache.
+    scores = {m.id: float(s) for m, s in zip(messages, flat_order[1::2], strict=True)}
     next_pos = float(meta.get("next_pos", 1.0))
     recent = _recent_ids(reply[6])
-    content = sum(len(m.content) for m in messages)
     state = state_from(meta, messages, recent)
-    stored = (meta.get("config", ""), meta.get("memory_id", ""), meta.get("home", ""))
-    ids_list = _s(reply[7]) != "string"
-    return _Cached(
-        version, state, scores, next_pos, meta, content, stored=stored, ids_list=ids_list
+    # Interned: every cached memory of a resource and partition shares one copy of each.
+    stored = (
+        sys.intern(meta.get("config", "")),
+        sys.intern(meta.get("memory_id", "")),
+        sys.intern(meta.get("home", "")),
     )
+    listed = _s(reply[7]) != "string"
+    cached = _Cached(version, state, scores, next_pos, meta, stored=stored)
+    cached.ids_list = listed
+    tokens = state.tokens_by_category()
+    if all(meta.get(f) == v for f, v in state_meta(state, _extra(cached), tokens).items()):
+        # Stored as this version writes it: keep the state, not some 40 strings of meta (the
+        # next write compares states), as after a write of this process.
+        cached.meta, cached.tokens = None, tuple([tokens[c] for c in CATEGORIES])
+    return cached
 
 
 def _extra(c: _Cached) -> dict[str, str]:

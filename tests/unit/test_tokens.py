@@ -305,3 +305,14 @@ def test_verified_copy_of_an_encoding_file_loads(
     (tmp_path / "o200k_base.tiktoken").write_bytes(real)
     counter = EncodingRegistry(tmp_path).counter("o200k_base")
     assert counter.prompt_tokens(COOKBOOK) == 124
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base", "p50k_base"])
+def test_a_loaded_encoding_keeps_no_python_copy_of_its_ranks_and_still_round_trips(
+    encodings: EncodingRegistry, name: str
+) -> None:
+    encoding = encodings.encoding(name)
+    assert not encoding._mergeable_ranks  # freed: the Rust core holds the ranks
+    text = "Grüße, 世界! tool_call {'a': [1, 2]} \n\n  indented"
+    assert encoding.decode(encoding.encode(text)) == text
+    assert encoding.n_vocab > 50_000
