@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -16,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
-import consumers.runner
+import consumers.dispatcher
 from consumers.bootstrap import App
 from consumers.dispatcher import FlushDispatcher
 from consumers.events import appended_payload, envelope
@@ -42,7 +43,7 @@ class PoisonedDispatcher(FlushDispatcher):
 async def test_a_role_that_dies_is_logged_stops_the_others_and_makes_serve_raise(
     pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(consumers.runner, "FlushDispatcher", PoisonedDispatcher)
+    monkeypatch.setattr(consumers.dispatcher, "FlushDispatcher", PoisonedDispatcher)
     started = time.monotonic()
     with (
         caplog.at_level(logging.ERROR, logger="consumers.runner"),
@@ -292,3 +293,13 @@ async def test_a_failed_flush_runs_again_when_requested_again(
         second = await again.describe()
         assert second.run_id != first.run_id
         assert second.status is WorkflowExecutionStatus.FAILED
+
+
+def test_an_apply_only_process_never_loads_the_temporal_sdk() -> None:
+    # About 35 MiB an apply-only process does not need (docs/decisions/0011).
+    code = (
+        "import sys, consumers.cli, consumers.runner, consumers.apply, consumers.bootstrap; "
+        "print(sorted(m for m in sys.modules if m.startswith('temporalio')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
