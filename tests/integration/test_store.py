@@ -397,12 +397,12 @@ async def test_a_write_after_another_writer_changed_the_memory_applies_on_its_st
 
 
 async def test_the_state_cache_is_bounded_by_bytes_and_entries(redis: Redis) -> None:
-    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}", cache_bytes=200_000)
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}", cache_bytes=100_000)
     policy = _policy()
     for k in range(60):
         (outcome,) = await store.apply([KeyBatch(f"u:{k}", policy, _user_log(5))], "w")
         assert outcome.status is WriteStatus.APPLIED
-    assert 0 < store.cached_bytes <= 200_000
+    assert 0 < store.cached_bytes <= 100_000
     held = len(store._cache)
     assert 10 < held < 60
     # A memory dropped from the cache is read back from Redis by its next write: nothing lost.
