@@ -7,6 +7,7 @@ import bisect
 import operator
 import sys
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class KeyOutcome(Value, frozen=True):
 class _Cached:
     version: int
     state: MemoryState
-    scores: dict[str, float] = field(default_factory=dict)
+    # The order score of each message of ``state``, in its order.
+    scores: array[float] = field(default_factory=lambda: array("d"))
     next_pos: float = 1.0
     # The meta fields as stored, when they came from Redis (or ``{}``: nothing stored); None
     # once this process wrote them: they are then ``state_meta`` of ``state`` with
@@ -116,9 +118,9 @@ class _Cached:
 
 
 # Measured with tracemalloc on CPython 3.11 (50,000 cached memories of 3 messages, 159 MiB
-# traced): a cached state ~1.2 kB besides its messages (its entries in the cache and the held
-# locks included), each light message ~300 bytes with its score, each event id ~90.
-_CACHED_BASE, _PER_MESSAGE, _PER_ID = 1_200, 300, 90
+# traced): a cached state ~1 kB besides its messages (its entries in the cache and the held
+# locks included), each light message ~250 bytes with its score, each event id ~90.
+_CACHED_BASE, _PER_MESSAGE, _PER_ID = 1_050, 250, 90
 _APPLIED = WriteStatus.APPLIED
 # The meta fields ``_Cached.stored`` holds, in its order.
 _STORED = ("config", "memory_id", "home")
@@ -512,24 +514,34 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
     old_msgs = old.state.messages
     kept = len(old_msgs)
     if len(msgs) >= kept and all(map(operator.is_, msgs[:kept], old_msgs)):
-        return _appended_only(old, state)
-    old_scores = old.scores
+        # Only appended: the common case, in a live stream almost every write.
+        return _with_appended(old, state, msgs, kept, array("d", old.scores), [], [])
+    if msgs and kept:
+        # The oldest evicted, the rest kept in place, maybe some appended: a full memory's
+        # every append.
+        first = msgs[0]
+        gone = next((i for i, m in enumerate(old_msgs) if m is first), 0)
+        rest = kept - gone
+        if gone and len(msgs) >= rest and all(map(operator.is_, msgs[:rest], old_msgs[gone:])):
+            removed = [m.id for m in old_msgs[:gone]]
+            return _with_appended(old, state, msgs, rest, old.scores[gone:], removed, [])
     # A message is kept only if it is the very same object: an id evicted and appended again
     # within one batch is a different message (removed, then added at the end).
-    held = {id(m) for m in old.state.messages}
+    old_score = {id(m): score for m, score in zip(old_msgs, old.scores, strict=True)}
     # The new messages at the end take the next scores.
     tail = len(msgs)
-    while tail and id(msgs[tail - 1]) not in held:
+    while tail and id(msgs[tail - 1]) not in old_score:
         tail -= 1
     scores: dict[str, float] = {}
     fresh: list[int] = []
     for i in range(tail):
         m = msgs[i]
-        if id(m) in held:
-            scores[m.id] = old_scores[m.id]
+        score = old_score.get(id(m))
+        if score is not None:
+            scores[m.id] = score
         else:
             fresh.append(i)
-    removed = [i for i in old_scores if i not in scores]
+    removed = [m.id for m in old_msgs if m.id not in scores]
     inserted: list[str | bytes] = []
     # What remains of ``fresh`` sits between kept messages (a summary): it takes the midpoint
     # of its neighbours' scores.
@@ -544,14 +556,8 @@ def _next(old: _Cached, state: MemoryState) -> _Diff:
         for i in fresh:
             light[i] = _light(msgs[i])
         msgs = tuple(light)
-    return _with_appended(old, state, msgs, tail, scores, removed, inserted)
-
-
-def _appended_only(old: _Cached, state: MemoryState) -> _Diff:
-    """``_next`` when ``state`` keeps every old message in place and only appends (the
-    common case, and in a live stream the case of almost every write)."""
-    kept = len(old.state.messages)
-    return _with_appended(old, state, state.messages, kept, dict(old.scores), [], [])
+    ordered = array("d", [scores[m.id] for m in msgs[:tail]])
+    return _with_appended(old, state, msgs, tail, ordered, removed, inserted)
 
 
 def _with_appended(
@@ -559,17 +565,18 @@ def _with_appended(
     state: MemoryState,
     msgs: tuple[Message, ...],
     tail: int,
-    scores: dict[str, float],
+    scores: array[float],
     removed: list[str],
     inserted: list[str | bytes],
 ) -> _Diff:
     """The diff, once the messages from ``tail`` on are the appended ones: they take the next
-    scores. ``msgs`` is ``state.messages`` with those before ``tail`` already light."""
+    scores. ``msgs`` is ``state.messages`` with those before ``tail`` already light, and
+    ``scores`` (a new array, extended here) their scores."""
     appended = state.messages[tail:]
     appended_ids: list[str] = []
     base = next_pos = old.next_pos
     for m in appended:
-        scores[m.id] = next_pos
+        scores.append(next_pos)
         appended_ids.append(m.id)
         next_pos += 1
     light = msgs[:tail] + tuple([_light(m) for m in appended])
@@ -594,8 +601,7 @@ def _decode_cached(version: int, reply: list[Any]) -> _Cached:
     bodies = pairs(reply[5])
     ids = flat_order[0::2]
     messages = tuple(_light(decode_message(bodies[i])) for i in ids)
-    # Keyed by the messages' own id strings: one copy of each id in the cache.
-    scores = {m.id: float(s) for m, s in zip(messages, flat_order[1::2], strict=True)}
+    scores = array("d", [float(s) for s in flat_order[1::2]])
     next_pos = float(meta.get("next_pos", 1.0))
     recent = _recent_ids(reply[6])
     state = state_from(meta, messages, recent)

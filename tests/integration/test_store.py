@@ -28,6 +28,7 @@ from memory_core import (
     parse_config,
 )
 from memory_core.redis import KeyBatch, RedisLockManager, RedisMemoryStore, WriteStatus
+from memory_core.redis.codec import pairs, state_meta
 from memory_core.values import replace
 from tests.strategies import (
     appended,
@@ -93,6 +94,37 @@ async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
     assert snap.state() == replace(expected.state, recent_event_ids=())
     _assert_counters_match(expected.state, snap.tokens, snap.total_messages)
     assert requested == list(expected.flush_requests)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), config=memory_configs())
+async def test_a_store_writing_diffs_from_its_cache_ends_in_the_manager_state(
+    redis: Redis, data: st.DataObject, config: MemoryConfig
+) -> None:
+    # One store for every batch: each write is a diff from the state it cached (appends,
+    # evictions of the oldest, summaries between kept messages), never read back.
+    log = data.draw(event_logs())
+    policy = MemoryPolicy.of(config)
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    key = "agent:a:user:u"
+    for batch in data.draw(batches(log)):
+        (outcome,) = await store.apply([KeyBatch(key, policy, batch)], "writer", hold=True)
+        assert outcome.status is WriteStatus.APPLIED
+    expected = policy.manager.apply(MemoryState(), log)
+    snap = await store.read(key)
+    assert snap.messages == expected.state.messages
+    assert snap.state() == replace(expected.state, recent_event_ids=())
+    _assert_counters_match(expected.state, snap.tokens, snap.total_messages)
+    # The meta hash holds exactly what a write of the whole state would.
+    if snap.version:
+        raw = await redis.hgetall(store.keys(key).meta)
+        meta = pairs([x for kv in raw.items() for x in kv])
+        for field, value in state_meta(expected.state, {}, expected.tokens).items():
+            assert meta.get(field) == value, field
 
 
 async def test_a_batch_over_many_new_keys_costs_one_round_trip(redis: Redis) -> None:
