@@ -36,12 +36,12 @@ check: install
 	$(BIN)/lint-imports
 
 # Every benchmark's targets gate CI; each is measured once more if a noisy run misses. The
-# latency targets report only until the apply path meets them (decision 0010).
+# latency targets gate only where the apply path meets them (benchmarks.latency.GATING).
 bench: stack-up
 	$(BIN)/python -m benchmarks tokens store || $(BIN)/python -m benchmarks tokens store
 	$(BIN)/python -m benchmarks pipeline || $(BIN)/python -m benchmarks pipeline
 	$(BIN)/python -m benchmarks restart || $(BIN)/python -m benchmarks restart
-	$(BIN)/python -m benchmarks latency
+	$(BIN)/python -m benchmarks latency || $(BIN)/python -m benchmarks latency
 
 clean: stack-down
 	rm -rf $(VENV) .memstream

@@ -74,6 +74,8 @@ RATE_KEPT = 0.98
 # After the producer stops, how long every record has to show up before it counts as missing.
 DRAIN_TIMEOUT_S = 30.0
 STORM_LINE = "please summarize what we agreed so far"
+# The targets that gate ``make bench`` (met on this machine); the others report only.
+GATING = frozenset({"300 MiB / RSS applied"})
 # pipeline.py's memory resource.
 BENCH = {
     "id": "bench",
@@ -579,10 +581,10 @@ async def _rss(settings: Settings, *, memories: int, per_memory: int) -> dict[st
 
 @dataclass
 class LatencyResult(Result):
-    """A ``Result`` whose targets gate only with ``gating``: until the apply path meets them,
-    they are reported (``targets_met``) and ``passed`` stays true."""
+    """A ``Result`` whose targets gate only when named in ``gating``: the others are reported
+    (``targets_met`` says whether all are met) until the apply path meets them."""
 
-    gating: bool = False
+    gating: frozenset[str] = GATING
     targets_met: bool = False
     timelines: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     # Per run: what its producer did, CPU shares, checks.
@@ -593,8 +595,8 @@ class LatencyResult(Result):
 
     @property
     def passed(self) -> bool:
-        """Every target met, or the targets do not gate yet."""
-        return self.targets_met or not self.gating
+        """Every gating target met."""
+        return all(self.ratios[k] >= self.targets[k] for k in self.gating)
 
     def report(self) -> str:
         """Result's lines, each memstream run's timeline, and the verdict on the targets."""
@@ -615,8 +617,11 @@ class LatencyResult(Result):
                     for s in seconds
                 ]
         met = sum(self.ratios[k] >= v for k, v in self.targets.items())
-        gate = "gating" if self.gating else "report-only (not gating yet)"
-        lines.append(f"   targets met: {met} of {len(self.targets)}, {gate}")
+        gated = ", ".join(sorted(self.gating)) or "none"
+        lines.append(
+            f"   targets met: {met} of {len(self.targets)}; gating: {gated} (the others "
+            "report only until the apply path meets them)"
+        )
         return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from array import array
 
 import pytest
 
+from benchmarks.latency import GATING, LatencyResult
 from benchmarks.latency_stats import (
     KEEPS_UP_BACKLOG_S,
     KEEPS_UP_DRAIN_S,
@@ -93,3 +94,18 @@ def test_matched_pairs_send_times_with_the_first_sighting_by_offset() -> None:
     sent, first = matched(stamps, seen)
     assert sent == [100, 200, 400, 150]
     assert first == [120, 230, -1, -1]
+
+
+def test_only_the_gating_latency_targets_decide_whether_the_benchmark_passes() -> None:
+    targets = {"half 50 ms / p99": 1.0, "300 MiB / RSS applied": 1.0}
+    missed_latency = LatencyResult(
+        name="latency", ratios={"half 50 ms / p99": 0.1, "300 MiB / RSS applied": 1.06},
+        targets=targets,
+    )  # fmt: skip
+    assert "300 MiB / RSS applied" in GATING and "half 50 ms / p99" not in GATING
+    assert missed_latency.passed and not missed_latency.targets_met
+    over_memory = LatencyResult(
+        name="latency", ratios={"half 50 ms / p99": 2.0, "300 MiB / RSS applied": 0.9},
+        targets=targets,
+    )  # fmt: skip
+    assert not over_memory.passed
