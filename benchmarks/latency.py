@@ -74,8 +74,10 @@ RATE_KEPT = 0.98
 # After the producer stops, how long every record has to show up before it counts as missing.
 DRAIN_TIMEOUT_S = 30.0
 STORM_LINE = "please summarize what we agreed so far"
-# The targets that gate ``make bench`` (met on this machine); the others report only.
-GATING = frozenset({"300 MiB / RSS applied"})
+# The targets that gate ``make bench`` once the apply path meets them on this machine; the
+# others report only. None yet: RSS meets its target only with batches of 10,000 records,
+# which cost the pipeline benchmark its target (docs/decisions/0011).
+GATING: frozenset[str] = frozenset()
 # pipeline.py's memory resource.
 BENCH = {
     "id": "bench",

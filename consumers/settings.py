@@ -55,10 +55,9 @@ class Settings(BaseSettings):
     # Records per apply batch at most (under a backlog; a quiet stream gives smaller ones).
     # Each memory is written once per batch, so larger batches spread that cost over more
     # events; a batch is committed only once applied, so it also bounds what is redone after
-    # a crash. 10,000: a batch's transient objects fragment the heap the cached states share
-    # (RSS after 100,000 memories 327 MiB with 20,000, 308 with 10,000; backlog 1-3 % slower:
-    # docs/decisions/0011).
-    apply_max_records: int = 10_000
+    # a crash. Smaller batches leave the heap less fragmented (RSS after 100,000 memories 328
+    # MiB with 20,000, 283 with 10,000) but cost the backlog 5-10 % (docs/decisions/0011).
+    apply_max_records: int = 20_000
     # The apply consumer's cache of memory states, at most (an uncached memory costs one more
     # round trip on its next write; the cache is also capped at 50,000 memories).
     state_cache_mb: int = 256
