@@ -77,7 +77,7 @@ STORM_LINE = "please summarize what we agreed so far"
 # The targets that gate ``make bench`` once the apply path meets them on this machine; the
 # others report only. None yet: RSS meets its target only with batches of 10,000 records,
 # which cost the pipeline benchmark its target (docs/decisions/0011).
-GATING: frozenset[str] = frozenset()
+GATING: tuple[str, ...] = ()
 # pipeline.py's memory resource.
 BENCH = {
     "id": "bench",
@@ -586,7 +586,7 @@ class LatencyResult(Result):
     """A ``Result`` whose targets gate only when named in ``gating``: the others are reported
     (``targets_met`` says whether all are met) until the apply path meets them."""
 
-    gating: frozenset[str] = GATING
+    gating: tuple[str, ...] = GATING
     targets_met: bool = False
     timelines: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     # Per run: what its producer did, CPU shares, checks.

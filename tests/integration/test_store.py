@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import random
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -61,17 +63,21 @@ def _user_log(n: int, start: int = 0, tokens: int = 10) -> list[LoggedEvent]:
     ]
 
 
+def _logs_and_batchings(test: Callable[..., Any]) -> Callable[..., Any]:
+    """A property test over any memory config, log and cutting of it into batches."""
+    return settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )(given(data=st.data(), config=memory_configs())(test))
+
+
 def _assert_counters_match(state: MemoryState, tokens: dict[Category, int], total: int) -> None:
     assert tokens == state.tokens_by_category()
     assert total == len(state.messages)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(data=st.data(), config=memory_configs())
+@_logs_and_batchings
 async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
     redis: Redis, data: st.DataObject, config: MemoryConfig
 ) -> None:
@@ -96,12 +102,7 @@ async def test_store_state_equals_the_pure_manager_for_any_log_and_batching(
     assert requested == list(expected.flush_requests)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(data=st.data(), config=memory_configs())
+@_logs_and_batchings
 async def test_a_store_writing_diffs_from_its_cache_ends_in_the_manager_state(
     redis: Redis, data: st.DataObject, config: MemoryConfig
 ) -> None:
