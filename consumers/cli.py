@@ -185,6 +185,11 @@ def run(
     bad = set(chosen) - set(ROLES)
     if bad or not chosen:
         raise _fail(f"unknown roles {sorted(bad)}; choose from {', '.join(ROLES)}")
+    if set(chosen) != {"apply"}:
+        # The Temporal SDK, loaded before tune_gc() freezes what is alive at start, as
+        # before its import became lazy (an apply-only process never loads it).
+        import consumers.dispatcher  # noqa: F401
+        import memory_core.temporal  # noqa: F401
     tune_gc()
     try:
         asyncio.run(serve(Settings(), chosen))

@@ -56,8 +56,11 @@ class BatchCollection:
     collector every ``thaw_every_s``, as old objects, for the next full collection.
     """
 
-    def __init__(self, thaw_every_s: float = 300.0) -> None:
+    def __init__(self, thaw_every_s: float = 300.0, *, freeze: bool = True) -> None:
         self.thaw_every_s = thaw_every_s
+        # False: collection is only paused inside a batch (a process that also runs the
+        # Temporal SDK, whose objects must stay collectable).
+        self.freeze = freeze
         self._thawed_at = time.monotonic()
 
     @contextmanager
@@ -68,9 +71,10 @@ class BatchCollection:
         try:
             yield
         finally:
-            gc.freeze()
+            if self.freeze:
+                gc.freeze()
             now = time.monotonic()
-            if now - self._thawed_at >= self.thaw_every_s:
+            if self.freeze and now - self._thawed_at >= self.thaw_every_s:
                 self._thawed_at = now
                 gc.unfreeze()
             if enabled:

@@ -85,6 +85,10 @@ class Runner(Component):
                 store=app.store,
                 codec=app.codec,
                 telemetry=app.telemetry,
+                # Freezing a batch's survivors would freeze the Temporal SDK's objects too,
+                # whose workflow evictions wait for the collector: only an apply-only process
+                # freezes (docs/decisions/0011).
+                freeze_survivors=set(self.roles) == {"apply"},
             )
             await self.consumer.start()
             self._spawn("apply", self.consumer.run(self._stop))

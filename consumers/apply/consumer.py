@@ -74,6 +74,7 @@ class ApplyConsumer(Component):
         max_records: int | None = None,
         revoke_timeout_s: float = 10.0,
         generation: Generation | None = None,
+        freeze_survivors: bool = True,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -98,7 +99,7 @@ class ApplyConsumer(Component):
         self._decoder: Decoder | None = None
         self._checked_generation_at = 0.0
         self._checkpoints: Checkpoints | None = None
-        self._collection = BatchCollection()
+        self._collection = BatchCollection(freeze=freeze_survivors)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

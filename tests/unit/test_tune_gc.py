@@ -71,3 +71,11 @@ def test_a_batch_that_raises_still_restores_collection(restore_gc: None) -> None
     with pytest.raises(RuntimeError), BatchCollection().batch():
         raise RuntimeError("boom")
     assert gc.isenabled()
+
+
+def test_a_batch_that_must_not_freeze_only_pauses_collection(restore_gc: None) -> None:
+    gc.unfreeze()
+    with BatchCollection(freeze=False).batch():
+        assert not gc.isenabled()
+        kept = [[i] for i in range(100)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and kept
