@@ -43,7 +43,6 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from benchmarks import pipeline
@@ -61,6 +60,7 @@ from benchmarks.latency_stats import (
 )
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import build_app, make_catalog, make_redis
+from consumers.connections import kafka_admin, kafka_consumer
 from consumers.generations import generations_topic
 from consumers.settings import Settings
 from consumers.topics import ensure_topics, topic_names
@@ -130,9 +130,9 @@ class _Floor:
         self.count = 0
         # The send time each record's header carries, in the order seen (a check of the stamps).
         self.headers = {p: array("q") for p in self.seen}
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_consumer(
+            settings,
             settings.events_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
             group_id=f"floor-{uuid.uuid4().hex[:6]}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -341,7 +341,7 @@ def _stage(settings: Settings, tag: str) -> Settings:
 
 async def _cleanup(run: Settings) -> None:
     """Drop the run's topics and Redis keys (tens of MB each: kept, they add up)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=run.kafka_bootstrap)
+    admin = kafka_admin(run)
     try:
         await admin.start()
         names = [*topic_names(run), generations_topic(run)]
@@ -552,7 +552,7 @@ async def _rss(settings: Settings, *, memories: int, per_memory: int) -> dict[st
     }
     memstream = Path(sys.executable).parent / "memstream"
     proc = await asyncio.create_subprocess_exec(memstream, "run", "--roles", "apply", env=env)
-    admin = AIOKafkaAdminClient(bootstrap_servers=run.kafka_bootstrap)
+    admin = kafka_admin(run)
     try:
         await admin.start()
         if not await _polled(lambda: _stable(admin, run.consumer_group), timeout_s=60):

@@ -32,6 +32,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumers.bootstrap import make_registry
+from consumers.connections import kafka_producer
 from consumers.events import appended_payload, envelope
 from consumers.generations import Generation, active_generation
 from consumers.lifecycle import gc_paused
@@ -113,8 +114,8 @@ async def produce(
     template = KeyTemplate(key_template)
     keys = [template.render(**dict.fromkeys(template.fields, str(k))) for k in range(memories)]
     targets = [(key, key.encode(), generation.home(key.encode())) for key in keys]
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    producer = kafka_producer(
+        settings,
         enable_idempotence=True,
         acks="all",
         linger_ms=linger_ms,

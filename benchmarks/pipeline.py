@@ -9,11 +9,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-
 from benchmarks.common import Result
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import build_app
+from consumers.connections import kafka_consumer
 from consumers.events import appended_payload, envelope, to_domain
 from consumers.settings import Settings
 from consumers.topics import ensure_topics
@@ -72,9 +71,9 @@ async def _fetching(ready: Callable[[], bool]) -> None:
 
 async def _ceiling(settings: Settings, total: int) -> float:
     async with build_app(settings) as app:
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
+            settings,
             settings.events_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
             group_id=f"ceiling-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -137,9 +136,9 @@ async def _naive(settings: Settings, limit: int) -> float:
     async with build_app(settings) as app:
         store = RedisMemoryStore(app.redis, prefix=prefix, cache_size=0)
         locks = RedisLockManager(app.redis, prefix=prefix)
-        consumer = AIOKafkaConsumer(
+        consumer = kafka_consumer(
+            settings,
             settings.events_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
             group_id=f"naive-{uuid.uuid4().hex[:6]}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,

@@ -10,16 +10,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from consumers.catalog import MemoryCatalog
+from consumers.connections import make_redis, make_registry, temporal_options
 from consumers.generations import active_generation
 from consumers.producer import MemoryProducer
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import EncodingRegistry, HybridFlushingStrategy
-from memory_core.redis import RedisLockManager, RedisMemoryStore, use_hiredis_packing
-from schemas import AvroCodec, ConfluentRegistry, EmbeddedRegistry, SchemaRegistry
+from memory_core.redis import RedisLockManager, RedisMemoryStore
+from schemas import AvroCodec
 
 if TYPE_CHECKING:
     # Imported where used: the Temporal SDK is ~35 MiB that an apply-only process never
@@ -29,36 +30,6 @@ if TYPE_CHECKING:
     from memory_core.temporal import FlushActivities
 
 log = logging.getLogger(__name__)
-
-
-def make_redis(settings: Settings) -> Redis:
-    """A Redis client from settings (URL, ACL user/password, TLS CA)."""
-    kwargs: dict[str, object] = {
-        "socket_timeout": settings.redis_socket_timeout_s,
-        "socket_connect_timeout": settings.redis_socket_timeout_s,
-        "decode_responses": False,
-    }
-    if settings.redis_username:
-        kwargs["username"] = settings.redis_username
-    if settings.redis_password:
-        kwargs["password"] = settings.redis_password
-    if settings.redis_ssl_ca_certs is not None:
-        kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
-    # A bounded pool that waits for a free connection instead of failing under bursts.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_socket_timeout_s,
-        **kwargs,
-    )
-    return Redis.from_pool(use_hiredis_packing(pool))
-
-
-def make_registry(settings: Settings) -> SchemaRegistry:
-    """The Confluent registry when configured, else the embedded one."""
-    if settings.schema_registry_url:
-        return ConfluentRegistry(settings.schema_registry_url)
-    return EmbeddedRegistry()
 
 
 def make_catalog(settings: Settings, encodings: EncodingRegistry | None = None) -> MemoryCatalog:
@@ -89,9 +60,7 @@ async def connect_temporal(
     while True:
         try:
             client = await Client.connect(
-                settings.temporal_address,
-                namespace=settings.temporal_namespace,
-                interceptors=[TracingInterceptor(telemetry.tracer)],
+                **temporal_options(settings, [TracingInterceptor(telemetry.tracer)])
             )
         except (RuntimeError, RPCError) as exc:
             # The SDK reports an unreachable server as a RuntimeError ("Failed client connect").
@@ -163,7 +132,7 @@ async def build_app(
         catalog = make_catalog(settings)
         codec = AvroCodec(make_registry(settings), logical_types=False)
         producer = MemoryProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            settings=settings,
             topic=settings.events_topic,
             codec=codec,
             telemetry=telemetry,

@@ -14,6 +14,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from consumers.connections import kafka_consumer, kafka_producer
 from consumers.deadletter import dead_letter_headers
 from consumers.lifecycle import Component, run_steps
 from consumers.settings import Settings
@@ -45,16 +46,16 @@ class FlushDispatcher(Component):
     async def start(self) -> None:
         """Join the dispatcher group (idempotent)."""
         if self._producer is None:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+            self._producer = kafka_producer(
+                self.settings,
                 enable_idempotence=True,
                 acks="all",
             )
             await self._producer.start()
         if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
+            self._consumer = kafka_consumer(
+                self.settings,
                 self.settings.flush_topic,
-                bootstrap_servers=self.settings.kafka_bootstrap,
                 group_id=self.settings.dispatcher_group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumers import deadletter
+from consumers.connections import kafka_consumer, kafka_producer
 from consumers.producer import MemoryProducer
 from consumers.settings import Settings
 from consumers.topic_reader import read_to_end
@@ -122,9 +123,7 @@ async def redrive(
     echo: Callable[[str], None] = lambda _line: None,
 ) -> RedriveReport:
     """Publish ``entries`` again to their memories' homes (each once), marking them done."""
-    markers = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-    )
+    markers = kafka_producer(settings, enable_idempotence=True, acks="all")
     try:
         await markers.start()
         return await _redrive(settings, producer, markers, entries, dry_run, echo)
@@ -168,8 +167,8 @@ async def _redrive(
 def _reader(settings: Settings) -> AIOKafkaConsumer:
     # No group, no commits; large fetches: dead letters may carry records of almost 1 MB,
     # and a truncated one's original is larger.
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    return kafka_consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,

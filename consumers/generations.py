@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
+from consumers.connections import kafka_admin, kafka_consumer, kafka_producer
 from consumers.settings import Settings
 from memory_core import MemstreamError
 
@@ -108,9 +108,7 @@ async def read_generations(settings: Settings) -> list[Generation]:
     # One topic's metadata, not the cluster's (consumers look again every few idle seconds).
     if await topic_partition_count(settings, tp.topic) is None:
         return []
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-    )
+    consumer = kafka_consumer(settings, enable_auto_commit=False, group_id=None)
     try:
         await consumer.start()
         consumer.assign([tp])
@@ -131,9 +129,7 @@ async def record_generation(settings: Settings, generation: Generation) -> None:
     await create_missing(
         settings, [NewTopic(generations_topic(settings), 1, settings.topic_replication)]
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-    )
+    producer = kafka_producer(settings, enable_idempotence=True, acks="all")
     try:
         await producer.start()
         await producer.send_and_wait(
@@ -145,7 +141,7 @@ async def record_generation(settings: Settings, generation: Generation) -> None:
 
 async def topic_partition_count(settings: Settings, topic: str) -> int | None:
     """How many partitions ``topic`` has now (None if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka_admin(settings)
     try:
         await admin.start()
         described = await admin.describe_topics([topic])
@@ -160,9 +156,9 @@ async def topic_partition_count(settings: Settings, topic: str) -> int | None:
 SEALED_MAX_MESSAGE_BYTES = "0"
 
 
-async def topic_sealed(bootstrap_servers: str, topic: str) -> bool:
+async def topic_sealed(settings: Settings, topic: str) -> bool:
     """Whether ``topic`` is sealed by a repartition (it refuses every record)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka_admin(settings)
     try:
         await admin.start()
         (response,) = await admin.describe_configs(
@@ -221,7 +217,7 @@ def events_topic_spec(settings: Settings, name: str, partitions: int) -> NewTopi
 
 async def create_missing(settings: Settings, topics: list[NewTopic]) -> list[str]:
     """Create those of ``topics`` that are missing; returns their names."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka_admin(settings)
     try:
         await admin.start()
         existing = set(await admin.list_topics())

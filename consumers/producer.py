@@ -6,13 +6,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from consumers.catalog import MemoryCatalog
+from consumers.connections import kafka_producer
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope, flushed_payload
 from consumers.generations import Generation, topic_sealed
 from consumers.lifecycle import Component
+from consumers.settings import Settings
 from consumers.telemetry import Telemetry, inject_headers
 from memory_core import Draft, MemstreamError, Message, Published, SystemClock, validate_memory_key
 from schemas import MEMORY_EVENT, AvroCodec
@@ -40,7 +41,7 @@ class MemoryProducer(Component):
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        settings: Settings,
         topic: str,
         codec: AvroCodec,
         telemetry: Telemetry,
@@ -54,12 +55,12 @@ class MemoryProducer(Component):
         self._catalog = catalog
         self._clock = SystemClock()
         self._resolve = generation
-        self._bootstrap = bootstrap_servers
+        self._settings = settings
         self.generation: Generation | None = None
         # How long a write waits for a repartition to activate the new generation.
         self.sealed_wait_s = 60.0
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+        self._producer = kafka_producer(
+            settings,
             enable_idempotence=True,
             acks="all",
             linger_ms=linger_ms,
@@ -103,7 +104,7 @@ class MemoryProducer(Component):
             if refused and self._resolve is not None:
                 error = landed[refused[0]]
                 if isinstance(error, MessageSizeTooLargeError) and await topic_sealed(
-                    self._bootstrap, self.topic
+                    self._settings, self.topic
                 ):
                     # Only the refused records are sent again: the others are in the old
                     # topic, which the repartition copies.

@@ -29,11 +29,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from consumers.connections import kafka_admin, kafka_consumer, kafka_producer
 from consumers.generations import (
     SEALED_MAX_MESSAGE_BYTES,
     Generation,
@@ -123,7 +122,7 @@ async def repartition(
 
 
 async def _seal(settings: Settings, topic: str, *, sealed: bool = True) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka_admin(settings)
     try:
         await admin.start()
         # AlterConfigs replaces a topic's dynamic configs: memstream's topics have only the
@@ -138,7 +137,7 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, i
     count = await topic_partition_count(settings, topic)
     if count is None:
         raise RepartitionError(f"topic {topic} does not exist")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    consumer = kafka_consumer(settings, group_id=None)
     try:
         await consumer.start()
         return dict(await consumer.end_offsets([TopicPartition(topic, p) for p in range(count)]))
@@ -153,7 +152,7 @@ async def _drained(
     timeout_s: float,
     echo: Callable[[str], None],
 ) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka_admin(settings)
     deadline = time.monotonic() + timeout_s
     last = -1
     try:
@@ -188,12 +187,8 @@ async def _copy(
     report: RepartitionReport,
 ) -> None:
     done = await _already_copied(settings, new, report)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-    )
+    consumer = kafka_consumer(settings, group_id=None, enable_auto_commit=False)
+    producer = kafka_producer(settings, enable_idempotence=True, acks="all")
     try:
         await consumer.start()
         await producer.start()
@@ -270,8 +265,8 @@ async def _rehome(
 async def _position_group(settings: Settings, new: Generation) -> None:
     """Commit the new generation's group at the end of the new topic: all of it is applied."""
     ends = await _end_offsets(settings, new.topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    consumer = kafka_consumer(
+        settings,
         group_id=consumer_group(settings, new),
         enable_auto_commit=False,
     )

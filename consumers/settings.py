@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memory_core import MemstreamError
+
+ENV_PREFIX = "MEMSTREAM_"
+# Variables under this prefix belong to the test suite, not to settings.
+_TEST_PREFIX = "MEMSTREAM_TEST_"
+
+
+class SettingsError(MemstreamError):
+    """Settings that cannot be right: an unknown ``MEMSTREAM_*`` variable, a missing pair."""
+
+
+def unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One message per ``MEMSTREAM_*`` variable that names no setting (with the closest one)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(_TEST_PREFIX):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{name} is not a memstream setting{hint}")
+    return problems
 
 
 def _default_cache() -> Path:
@@ -15,7 +42,7 @@ def _default_cache() -> Path:
 class Settings(BaseSettings):
     """Endpoints, topics and local-stack layout; override any field with ``MEMSTREAM_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="MEMSTREAM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # Local stack: data, logs and pid files of the processes `memstream stack` starts.
     stack_dir: Path = Field(default_factory=lambda: Path.cwd() / ".memstream")
@@ -27,17 +54,48 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 19093
     kafka_version: str = "3.9.1"
     kafka_heap_mb: int = 1024
+    # Security of every Kafka connection (producer SDK, apply consumer, dispatcher, admin,
+    # verify/replay, demo): all clients are built by consumers/connections.py from these.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = Field(default=None, repr=False)
+    # OAUTHBEARER: "package.module:name", a callable returning an aiokafka
+    # AbstractTokenProvider (or the provider class itself).
+    kafka_sasl_oauth_token_provider: str | None = None
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_cert_file: Path | None = None
+    kafka_ssl_key_file: Path | None = None
+    kafka_ssl_key_password: str | None = Field(default=None, repr=False)
+    kafka_ssl_check_hostname: bool = True
+    # The local stack's secured listener (SASL_SSL, SCRAM-SHA-512), beside the plaintext one.
+    stack_kafka_secure_port: int = 19094
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None
-    redis_password: str | None = None
+    redis_password: str | None = Field(default=None, repr=False)
+    # TLS: use a rediss:// URL; these add a CA, a client certificate (mTLS) and its key.
     redis_ssl_ca_certs: Path | None = None
+    redis_ssl_certfile: Path | None = None
+    redis_ssl_keyfile: Path | None = None
+    redis_ssl_key_password: str | None = Field(default=None, repr=False)
+    redis_ssl_check_hostname: bool = True
     redis_socket_timeout_s: float = 5.0
     redis_max_connections: int = 64
 
     temporal_address: str = "127.0.0.1:17233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "memstream-flush"
+    # TLS (any of the files, a server name or ``temporal_tls`` turn it on) and API key
+    # (Temporal Cloud); an API key alone implies TLS.
+    temporal_tls: bool = False
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: str | None = Field(default=None, repr=False)
 
     events_topic: str = "memstream.memory-events"
     dlq_topic: str = "memstream.memory-events.dlq"
@@ -63,9 +121,63 @@ class Settings(BaseSettings):
     state_cache_mb: int = 256
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: str | None = Field(default=None, repr=False)
+    schema_registry_ca_file: Path | None = None
 
     key_prefix: str = "memstream"
     memories_file: Path = Path("memories.yaml")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_variables(cls, data: Any) -> Any:
+        # A typo (MEMSTREAM_KAFKA_SECURTY_PROTOCOL) must not fall back to plaintext silently.
+        problems = unknown_variables(os.environ)
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems = []
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol.startswith("SASL_") and mechanism is None:
+            problems.append(f"MEMSTREAM_KAFKA_SASL_MECHANISM is needed with {protocol}")
+        if mechanism is not None and not protocol.startswith("SASL_"):
+            problems.append(
+                f"MEMSTREAM_KAFKA_SASL_MECHANISM={mechanism} needs "
+                "MEMSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                f"SASL {mechanism} needs MEMSTREAM_KAFKA_SASL_USERNAME and "
+                "MEMSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        if mechanism == "OAUTHBEARER" and not self.kafka_sasl_oauth_token_provider:
+            problems.append("SASL OAUTHBEARER needs MEMSTREAM_KAFKA_SASL_OAUTH_TOKEN_PROVIDER")
+        for service, cert, key in (
+            ("KAFKA_SSL", self.kafka_ssl_cert_file, self.kafka_ssl_key_file),
+            ("REDIS_SSL", self.redis_ssl_certfile, self.redis_ssl_keyfile),
+            ("TEMPORAL_TLS", self.temporal_tls_cert_file, self.temporal_tls_key_file),
+        ):
+            if (cert is None) != (key is None):
+                problems.append(f"MEMSTREAM_{service} client certificate and key go together")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return self
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        """Whether the Temporal connection is TLS (asked for, or implied by a TLS setting)."""
+        return bool(
+            self.temporal_tls
+            or self.temporal_tls_ca_file
+            or self.temporal_tls_cert_file
+            or self.temporal_tls_server_name
+            or self.temporal_api_key
+        )
 
     @property
     def resolved_encodings_dir(self) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from consumers.connections import kafka_consumer
 from consumers.generations import topic_partition_count
 from consumers.settings import Settings
 from memory_core import MemstreamError
@@ -24,8 +24,8 @@ async def read_to_end(
             return
         raise MemstreamError(f"topic {topic} does not exist")
     # Large fetches: dead letters carry records of almost 1 MB.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    consumer = kafka_consumer(
+        settings,
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=16 * 1024 * 1024,

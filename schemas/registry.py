@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -90,8 +92,22 @@ class EmbeddedRegistry:
 class ConfluentRegistry:
     """A Confluent Schema Registry over its REST API; writers register the embedded schemas."""
 
-    def __init__(self, url: str, *, subject_prefix: str = "", timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        subject_prefix: str = "",
+        timeout_s: float = 10.0,
+        auth: tuple[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
+        self._headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
+        if auth is not None:
+            # HTTP basic auth, as the Confluent registry and its compatibles take it.
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._ssl_context = ssl_context
         self.subject_prefix = subject_prefix
         self.timeout_s = timeout_s
         self._local = EmbeddedRegistry()
@@ -105,14 +121,21 @@ class ConfluentRegistry:
             self.url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            headers=self._headers,
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(
+                req, timeout=self.timeout_s, context=self._ssl_context
+            ) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
+            if exc.code in (401, 403):
+                raise SchemaRegistryError(
+                    f"schema registry {self.url} refused the credentials (HTTP {exc.code}): "
+                    "check MEMSTREAM_SCHEMA_REGISTRY_USERNAME and _PASSWORD"
+                ) from exc
             raise SchemaRegistryError(f"{method} {path}: HTTP {exc.code}") from exc
         except (urllib.error.URLError, TimeoutError) as exc:
             raise SchemaRegistryError(f"schema registry {self.url} unreachable: {exc}") from exc

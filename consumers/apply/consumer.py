@@ -20,6 +20,7 @@ from consumers.apply.checkpoint import Checkpoints
 from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.outputs import BatchOutputs
 from consumers.catalog import MemoryCatalog
+from consumers.connections import kafka_consumer, kafka_producer
 from consumers.generations import (
     Generation,
     active_generation,
@@ -110,8 +111,8 @@ class ApplyConsumer(Component):
         gen = self.generation = self.generation or await active_generation(self.settings)
         await self._warn_if_grown(gen)
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+            producer = kafka_producer(
+                self.settings,
                 enable_idempotence=True,
                 acks="all",
             )
@@ -123,8 +124,8 @@ class ApplyConsumer(Component):
     async def _join(self, gen: Generation) -> None:
         self._decoder = Decoder(self.codec, self.catalog, gen)
         self._checked_generation_at = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = kafka_consumer(
+            self.settings,
             group_id=consumer_group(self.settings, gen),
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -2,7 +2,7 @@
 joins, mid-batch, between batches) ends exactly where a consumer that never stopped ends.
 
 The campaign is seeded: the seed is printed (shown when the test fails) and
-``MEMSTREAM_KILL_SEED=<seed>`` replays the same log and the same kill plan (the kill points
+``MEMSTREAM_TEST_KILL_SEED=<seed>`` replays the same log and the same kill plan (the kill points
 are times, so a replay lands near, not exactly on, the same instructions).
 """
 
@@ -56,7 +56,7 @@ PLAN = (BEFORE_JOIN, MID_BATCH, MID_BATCH, BETWEEN_BATCHES)
 
 
 def _seed() -> int:
-    chosen = os.environ.get("MEMSTREAM_KILL_SEED")
+    chosen = os.environ.get("MEMSTREAM_TEST_KILL_SEED")
     return int(chosen) if chosen else random.SystemRandom().randrange(2**32)
 
 
@@ -201,7 +201,7 @@ async def test_fifty_sigkills_at_random_points_end_as_one_unbroken_run(
     app: App, admin: AIOKafkaAdminClient, consumer_process: ConsumerProcess
 ) -> None:
     seed = _seed()
-    print(f"kill campaign seed={seed} (replay: MEMSTREAM_KILL_SEED={seed})")
+    print(f"kill campaign seed={seed} (replay: MEMSTREAM_TEST_KILL_SEED={seed})")
     rng = random.Random(seed)
     started = time.monotonic()
     conversations = workload(seed=seed, prefix=app.settings.key_prefix, keys=KEYS, events=EVENTS)
