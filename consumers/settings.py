@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = True
     # The local stack's secured listener (SASL_SSL, SCRAM-SHA-512), beside the plaintext one.
     stack_kafka_secure_port: int = 19094
+    # The local stack's Redis over TLS with an ACL user and client certificates.
+    stack_redis_tls_port: int = 16380
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None

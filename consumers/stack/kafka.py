@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import shutil
 import subprocess
 from importlib import resources
@@ -11,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.stack.errors import StackError
 from consumers.stack.maven import ensure_kafka_jars
+from consumers.stack.secure import KAFKA_USER, SecureAccess
 from consumers.stack.service import HOST, Service
 
 _JAVA_HINT = "java not found: install openjdk-17-jre-headless (any Java 17+)"
@@ -84,17 +87,60 @@ class KafkaService(Service):
         await _list_topics(self.endpoint, timeout_ms=int(self.probe_timeout_s * 1000))
         return True
 
+    async def after_ready(self) -> None:
+        """Add the secured listener's SCRAM user (once per password; the broker keeps it)."""
+        secure = SecureAccess.of(self.settings)
+        password = secure.kafka_password
+        marker = self.dir / "scram-user"
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if marker.exists() and marker.read_text().strip() == digest:
+            return
+        java = find_java()
+        libs = ensure_kafka_jars(self.settings.cache_dir, self.settings.kafka_version)
+        argv = [
+            str(java), "-cp", f"{libs}/*", "kafka.admin.ConfigCommand",
+            "--bootstrap-server", self.endpoint,
+            "--alter", "--entity-type", "users", "--entity-name", KAFKA_USER,
+            "--add-config", f"SCRAM-SHA-512=[iterations=4096,password={password}]",
+        ]  # fmt: skip
+        await asyncio.to_thread(_java, argv)
+        marker.write_text(digest + "\n")
+
     def _server_properties(self) -> str:
         ctl = self.settings.kafka_controller_port
+        secure_port = self.settings.stack_kafka_secure_port
+        tls = SecureAccess.of(self.settings).tls
+        sasl = "listener.name.sasl_ssl"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{HOST}:{ctl}",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{ctl}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "listeners": (
+                f"PLAINTEXT://{HOST}:{self.port},SASL_SSL://{HOST}:{secure_port},"
+                f"CONTROLLER://{HOST}:{ctl}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://{HOST}:{self.port},SASL_SSL://{HOST}:{secure_port}"
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL"
+            ),
+            # The secured listener: TLS (the stack's CA), SCRAM-SHA-512 users, and OAUTHBEARER
+            # with Kafka's unsecured-token validator (it checks a token's claims, not a
+            # signature: enough to test a token provider, never for production).
+            f"{sasl}.sasl.enabled.mechanisms": "SCRAM-SHA-512,OAUTHBEARER",
+            f"{sasl}.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            f"{sasl}.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+            ),
+            f"{sasl}.ssl.keystore.type": "PKCS12",
+            f"{sasl}.ssl.keystore.location": str(tls.server_keystore),
+            f"{sasl}.ssl.keystore.password": tls.keystore_password,
+            f"{sasl}.ssl.key.password": tls.keystore_password,
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",

@@ -12,7 +12,7 @@ from consumers.stack.errors import StackError
 from consumers.stack.kafka import KafkaService
 from consumers.stack.process import clean_stale, live_pid, read_pid, spawn, terminate
 from consumers.stack.ready import tcp_open, wait_ready
-from consumers.stack.redis_server import RedisService
+from consumers.stack.redis_server import RedisService, RedisTlsService
 from consumers.stack.service import HOST, Service, ServiceStatus
 from consumers.stack.temporal import TemporalService
 
@@ -30,6 +30,7 @@ class LocalStack:
         self._services: tuple[Service, ...] = (
             KafkaService(settings),
             RedisService(settings),
+            RedisTlsService(settings),
             TemporalService(settings),
         )
 
@@ -82,7 +83,7 @@ class LocalStack:
             locks.release(lock)
         for service, pid in zip(self._services, pids, strict=True):
             done = f"stopped (pid {pid})" if pid is not None else "was not running"
-            self._echo(f"{service.name:<9}{done}")
+            self._echo(f"{service.name:<10}{done}")
         return await self.status_async()
 
     async def status_async(self) -> list[ServiceStatus]:
@@ -123,6 +124,7 @@ class LocalStack:
             timeout_s=service.ready_timeout_s,
             logs=(service.console_path, service.log_path),
         )
+        await service.after_ready()
         status = self._status(service, up=True, pid=pid)
         self._echo(f"{status.describe()}  ({how}, {time.monotonic() - began:.1f}s)")
         return status
