@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from consumers.bootstrap import build_app
+from consumers.bootstrap import build_app, make_catalog
 from consumers.catalog import MemoryCatalog
 from consumers.cli_ops import register as register_operations
+from consumers.connections import make_redis
 from consumers.lifecycle import tune_gc
 from consumers.runner import ROLES
 from consumers.settings import Settings
@@ -42,9 +43,12 @@ from memory_core import (
     WriteOutcomeStatus,
     encoding_for_model,
 )
+from memory_core.redis import RedisMemoryStore
 from memory_core.redis.codec import encode_message
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
 tokens_app = typer.Typer(no_args_is_help=True, help="Token accounting.")
 encodings_app = typer.Typer(no_args_is_help=True, help="The offline tiktoken encodings.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Redis, Temporal.")
@@ -58,6 +62,22 @@ register_operations(app)
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"memstream: {message}", err=True)
     return typer.Exit(code)
+
+
+_DEBUG = False
+
+
+def _failed(exc: Exception, code: int = 1, prefix: str = "") -> typer.Exit:
+    """A command's failure as one line: a known service or settings failure with its own
+    message and exit code (consumers/failures.py), any other ``exc`` as itself with ``code``."""
+    from consumers.failures import ExitCode, describe
+
+    if _DEBUG:
+        raise exc
+    failure = describe(exc)
+    if failure is not None and failure.code is not ExitCode.FAILED:
+        return _fail(failure.message, int(failure.code))
+    return _fail(f"{prefix}{exc}", code)
 
 
 def _chat_messages(raw: Any) -> list[ChatMessage]:
@@ -194,9 +214,9 @@ def run(
     try:
         asyncio.run(serve(Settings(), chosen))
     except MemstreamError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _failed(exc) from None
     except KafkaError as exc:
-        raise _fail(f"Kafka: {exc}", 1) from None
+        raise _failed(exc, prefix="Kafka: ") from None
 
 
 # Exit codes of the write commands (append, clear, flush).
@@ -362,9 +382,9 @@ def _write(
             1,
         ) from None
     except MemstreamError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _failed(exc) from None
     except KafkaError as exc:
-        raise _fail(f"cannot reach Kafka: {exc}", 1) from None
+        raise _failed(exc, prefix="cannot reach Kafka: ") from None
     typer.echo(_outcome_line(outcome))
 
 
@@ -392,16 +412,23 @@ def show(
     """Print a memory's messages and health."""
 
     async def go() -> tuple[list[Message], MemoryHealth]:
-        async with build_app() as built:
-            stored = (await built.store.read(key, start=0, stop=0)).memory_id
-            config = _resource(built.catalog, key, memory_id or stored)
-            memory = AsyncSafeMemoryInstance(key, config, store=built.store)
+        # Redis only: a read must work while Kafka is down.
+        settings = Settings()
+        catalog = make_catalog(settings)
+        redis = make_redis(settings)
+        try:
+            store = RedisMemoryStore(redis, prefix=settings.key_prefix)
+            stored = (await store.read(key, start=0, stop=0)).memory_id
+            config = _resource(catalog, key, memory_id or stored)
+            memory = AsyncSafeMemoryInstance(key, config, store=store)
             return await memory.read(), await memory.health()
+        finally:
+            await redis.aclose()
 
     try:
         messages, health = asyncio.run(go())
     except MemstreamError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _failed(exc) from None
     if as_json:
         typer.echo(
             json.dumps(
@@ -471,7 +498,7 @@ def replay_cmd() -> None:
     try:
         typer.echo(f"{asyncio.run(go())} memories rebuilt from the log")
     except MemstreamError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _failed(exc) from None
 
 
 def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> MemoryConfig:
@@ -492,5 +519,25 @@ def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> Memory
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a known failure is one line and its exit code.
+
+    ``--debug`` (anywhere on the command line) shows the traceback instead.
+    """
+    from consumers.failures import describe
+
+    global _DEBUG
+    debug = _DEBUG = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
+    elif "run" not in sys.argv[1:2]:
+        # A failed connection is described once, by the handler below; aiokafka would also
+        # log each attempt. `run` keeps its logs (they go to the operator's log pipeline).
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        app(standalone_mode=True)
+    except Exception as exc:
+        failure = None if debug else describe(exc)
+        if failure is None:
+            raise
+        print(f"memstream: {failure.message}", file=sys.stderr)
+        sys.exit(int(failure.code))
