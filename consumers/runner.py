@@ -7,12 +7,13 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App, build_app, connect_temporal
+from consumers.health import Check, HealthServer, Probes, timed
 from consumers.lifecycle import Component
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
@@ -71,6 +72,7 @@ class Runner(Component):
         self.failure: RoleFailedError | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._started = False
 
     async def start(self) -> None:
         """Create topics if missing, wait for Temporal if a role needs it, start every role."""
@@ -104,6 +106,59 @@ class Runner(Component):
         if "worker" in self.roles:
             assert self._temporal is not None
             self._spawn("worker", self._work(self._temporal))
+        self._started = True
+
+    # -- health ----------------------------------------------------------------------------
+
+    def probes(self) -> Probes:
+        """What ``/healthz`` and ``/readyz`` ask this runner (consumers/health.py)."""
+        ready: list[Callable[[], Awaitable[Check]]] = [self._check_started]
+        if {"apply", "worker"} & set(self.roles):
+            ready.append(lambda: timed("redis", self.app.redis.ping))
+        if {"dispatch", "worker"} & set(self.roles):
+            ready.append(self._check_temporal)
+        if "apply" in self.roles:
+            ready.append(self._check_partitions)
+            if self.app.settings.ready_max_lag is not None:
+                ready.append(self._check_lag)
+        return Probes(live=self.live_roles, ready=ready)
+
+    def live_roles(self) -> dict[str, bool]:
+        """Each role: alive (running, or not started yet while the runner starts)."""
+        if self.failure is not None:
+            return {r: r != self.failure.role for r in self.roles}
+        return {r: r not in self._tasks or not self._tasks[r].done() for r in self.roles}
+
+    async def _check_started(self) -> Check:
+        if self._started:
+            return Check("roles", True)
+        waiting = " (waiting for Temporal)" if self._temporal is None else ""
+        return Check("roles", False, f"starting{waiting}")
+
+    async def _check_temporal(self) -> Check:
+        if self._temporal is None:
+            return Check(
+                "temporal", False, f"not connected to {self.app.settings.temporal_address}"
+            )
+        return await timed("temporal", lambda: temporal_answers(self._temporal))  # type: ignore[arg-type]
+
+    async def _check_partitions(self) -> Check:
+        assigned = self.consumer.assignment if self.consumer is not None else frozenset()
+        if assigned:
+            return Check("apply.partitions", True, f"{len(assigned)} assigned")
+        return Check(
+            "apply.partitions",
+            False,
+            "none assigned (joining, or more apply consumers than partitions)",
+        )
+
+    async def _check_lag(self) -> Check:
+        bound = self.app.settings.ready_max_lag
+        assert bound is not None
+        lag = self.consumer.lag() if self.consumer is not None else {}
+        worst = max(lag.values(), default=0)
+        detail = f"max {worst} records behind (bound {bound})"
+        return Check("apply.lag", worst <= bound, detail)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start (waiting for Temporal as long as it takes), then run until ``stop`` is set.
@@ -249,11 +304,19 @@ async def serve(
     try:
         async with build_app(settings, telemetry) as app:
             runner = Runner(app, roles)
+            health = None
+            if settings.health_port is not None:
+                health = HealthServer(
+                    runner.probes(), host=settings.health_host, port=settings.health_port
+                )
+                await health.start()
             try:
                 await runner.run(stop)
             finally:
                 log.info("memstream stopping")
                 await runner.stop()
+                if health is not None:
+                    await health.stop()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)

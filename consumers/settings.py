@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     schema_registry_password: str | None = Field(default=None, repr=False)
     schema_registry_ca_file: Path | None = None
 
+    # `memstream run` serves /healthz and /readyz here when set (Kubernetes probes); the
+    # host is loopback unless set (0.0.0.0 in a container).
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    # /readyz fails while an apply partition's lag (records) is above this, when set.
+    ready_max_lag: int | None = None
+
     key_prefix: str = "memstream"
     memories_file: Path = Path("memories.yaml")
 

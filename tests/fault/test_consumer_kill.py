@@ -58,6 +58,9 @@ def _environment(settings: Settings) -> dict[str, str]:
         "apply_max_records",
     )
     env.update({f"MEMSTREAM_{f.upper()}": str(getattr(settings, f)) for f in fields})
+    for optional in ("health_port", "ready_max_lag"):
+        if getattr(settings, optional) is not None:
+            env[f"MEMSTREAM_{optional.upper()}"] = str(getattr(settings, optional))
     env["MEMSTREAM_ENCODINGS_DIR"] = str(settings.resolved_encodings_dir)
     return env
 

@@ -38,7 +38,8 @@ def _free(port: int) -> bool:
 
 def _port_block(size: int) -> int:
     for _ in range(200):
-        base = random.randint(30_000, 60_000)
+        # Below 32768: above it is the kernel's range for outgoing connections.
+        base = random.randint(20_000, 32_000)
         if all(_free(base + i) for i in range(size)):
             return base
     raise RuntimeError("no free port block")
@@ -47,7 +48,7 @@ def _port_block(size: int) -> int:
 @pytest.fixture
 async def own_stack(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """A second local stack (Kafka, Redis, Temporal) on free ports, only for this test."""
-    base = _port_block(6)
+    base = _port_block(8)
     settings = pipeline_settings.model_copy(
         update={
             "stack_dir": tmp_path / "stack",
@@ -55,6 +56,8 @@ async def own_stack(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterato
             "kafka_controller_port": base + 1,
             "redis_url": f"redis://127.0.0.1:{base + 2}/0",
             "temporal_address": f"127.0.0.1:{base + 3}",
+            "stack_kafka_secure_port": base + 6,
+            "stack_redis_tls_port": base + 7,
         }
     )
     stack = LocalStack(settings, echo=lambda _line: None)

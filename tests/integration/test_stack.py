@@ -33,11 +33,13 @@ async def test_up_leaves_every_service_answering_where_settings_point(
 
     statuses = _by_name(await stack.status_async())
 
-    assert set(statuses) == {"kafka", "redis", "temporal"}
+    assert set(statuses) == {"kafka", "redis", "redis-tls", "temporal"}
     assert all(status.up for status in statuses.values()), statuses
     assert statuses["kafka"].endpoint.endswith(f":{settings.kafka_port}")
     assert statuses["redis"].endpoint.endswith(f":{settings.redis_port}")
     assert statuses["temporal"].endpoint.endswith(f":{settings.temporal_port}")
+    assert statuses["redis-tls"].endpoint.startswith("rediss://")
+    assert f":{settings.stack_redis_tls_port}/" in statuses["redis-tls"].endpoint
 
 
 async def test_up_again_keeps_the_running_processes(stack: LocalStack) -> None:
@@ -55,6 +57,7 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         kafka_bootstrap="127.0.0.1:1",
         redis_url="redis://127.0.0.1:2/0",
         temporal_address="127.0.0.1:3",
+        stack_redis_tls_port=4,
     )
 
     statuses = await LocalStack(unused).status_async()
@@ -62,5 +65,6 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
     assert [(s.name, s.up, s.pid) for s in statuses] == [
         ("kafka", False, None),
         ("redis", False, None),
+        ("redis-tls", False, None),
         ("temporal", False, None),
     ]
