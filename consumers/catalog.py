@@ -16,9 +16,19 @@ from memory_core import (
     load_configs,
     validate_memory_key,
 )
-from memory_core.errors import ConfigError, InvalidKeyError
+from memory_core.errors import ConfigError, EncodingUnavailableError, InvalidKeyError
 
 _CHECKED_MAX = 65_536
+
+
+def _entry(config: MemoryConfig, encodings: EncodingRegistry) -> CatalogEntry:
+    try:
+        counter = encodings.counter(config.encoding_name, model=config.model)
+    except EncodingUnavailableError as exc:
+        raise EncodingUnavailableError(
+            exc.encoding, f"{exc.reason} (memory resource {config.id}, model {config.model})"
+        ) from exc
+    return CatalogEntry(MemoryPolicy.of(config), counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +52,7 @@ class MemoryCatalog:
     """
 
     def __init__(self, configs: list[MemoryConfig], encodings: EncodingRegistry) -> None:
-        self._entries = {
-            c.id: CatalogEntry(
-                MemoryPolicy.of(c), encodings.counter(c.encoding_name, model=c.model)
-            )
-            for c in configs
-        }
+        self._entries = {c.id: _entry(c, encodings) for c in configs}
         self._templates = tuple((KeyTemplate(c.key), c) for c in configs)
         # (memory key, record key, memory id) that passed every check, with their entry: a key
         # sends many events, so each combination is checked once (until the memo fills up and
@@ -61,7 +66,7 @@ class MemoryCatalog:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read the memories file: {exc}") from None
-        return cls(load_configs(text), encodings)
+        return cls(load_configs(text, str(path)), encodings)
 
     def entry_for(self, memory_key: str, record_key: bytes | None, memory_id: str) -> CatalogEntry:
         """The entry of a record's memory, once its record key and memory key are checked.

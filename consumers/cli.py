@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import shlex
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,10 +20,11 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
+from consumers import failures
 from consumers.bootstrap import build_app, make_catalog
 from consumers.catalog import MemoryCatalog
 from consumers.cli_ops import register as register_operations
-from consumers.connections import make_redis
+from consumers.connections import make_redis, make_registry
 from consumers.lifecycle import tune_gc
 from consumers.runner import ROLES
 from consumers.settings import Settings
@@ -45,6 +47,7 @@ from memory_core import (
 )
 from memory_core.redis import RedisMemoryStore
 from memory_core.redis.codec import encode_message
+from schemas import AvroCodec
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -64,20 +67,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-_DEBUG = False
-
-
 def _failed(exc: Exception, code: int = 1, prefix: str = "") -> typer.Exit:
     """A command's failure as one line: a known service or settings failure with its own
     message and exit code (consumers/failures.py), any other ``exc`` as itself with ``code``."""
-    from consumers.failures import ExitCode, describe
-
-    if _DEBUG:
+    if failures.show_tracebacks:
         raise exc
-    failure = describe(exc)
-    if failure is not None and failure.code is not ExitCode.FAILED:
-        return _fail(failure.message, int(failure.code))
-    return _fail(f"{prefix}{exc}", code)
+    return _fail(*failures.one_line(exc, code, prefix))
 
 
 def _chat_messages(raw: Any) -> list[ChatMessage]:
@@ -473,8 +468,8 @@ def verify_cmd() -> None:
     from consumers.verify import verify
 
     async def go() -> int:
-        async with build_app() as built:
-            report = await verify(built.settings, built.catalog, built.codec, built.store)
+        async with _reader() as (settings, catalog, codec, store):
+            report = await verify(settings, catalog, codec, store)
         for m in report.mismatches[:20]:
             typer.echo(f"MISMATCH {m.memory_key}: {m.detail}")
         typer.echo(
@@ -492,13 +487,26 @@ def replay_cmd() -> None:
     from consumers.verify import replay
 
     async def go() -> int:
-        async with build_app() as built:
-            return await replay(built.settings, built.catalog, built.codec, built.store)
+        async with _reader() as (settings, catalog, codec, store):
+            return await replay(settings, catalog, codec, store)
 
     try:
         typer.echo(f"{asyncio.run(go())} memories rebuilt from the log")
     except MemstreamError as exc:
         raise _failed(exc) from None
+
+
+@contextlib.asynccontextmanager
+async def _reader() -> AsyncIterator[tuple[Settings, MemoryCatalog, AvroCodec, RedisMemoryStore]]:
+    """What verify and replay need: no producer, so reading never creates a topic."""
+    settings = Settings()
+    catalog = make_catalog(settings)
+    codec = AvroCodec(make_registry(settings), logical_types=False)
+    redis = make_redis(settings)
+    try:
+        yield settings, catalog, codec, RedisMemoryStore(redis, prefix=settings.key_prefix)
+    finally:
+        await redis.aclose()
 
 
 def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> MemoryConfig:
@@ -523,10 +531,7 @@ def main() -> None:
 
     ``--debug`` (anywhere on the command line) shows the traceback instead.
     """
-    from consumers.failures import describe
-
-    global _DEBUG
-    debug = _DEBUG = "--debug" in sys.argv[1:]
+    debug = failures.show_tracebacks = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
     elif "run" not in sys.argv[1:2]:
@@ -536,7 +541,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except Exception as exc:
-        failure = None if debug else describe(exc)
+        failure = None if debug else failures.describe(exc)
         if failure is None:
             raise
         print(f"memstream: {failure.message}", file=sys.stderr)

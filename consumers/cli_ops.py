@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from aiokafka.errors import KafkaError
 
+from consumers import failures
 from consumers.settings import Settings
 from memory_core import MemstreamError
 
@@ -21,12 +22,15 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list them, re-dr
 
 
 def _run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work``; a known failure is one line on stderr and exit code 1."""
+    """Run ``work``; a known failure is one line on stderr and its exit code."""
     try:
         return asyncio.run(work())
     except (MemstreamError, KafkaError, OSError) as exc:
-        typer.echo(f"memstream: {exc}", err=True)
-        raise typer.Exit(1) from None
+        if failures.show_tracebacks:
+            raise
+        message, code = failures.one_line(exc)
+        typer.echo(f"memstream: {message}", err=True)
+        raise typer.Exit(code) from None
 
 
 @topics_app.command("status")

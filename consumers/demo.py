@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -160,6 +162,13 @@ def check(health: MemoryHealth) -> list[str]:
     return problems
 
 
+@contextlib.asynccontextmanager
+async def _reachable(app: App) -> AsyncIterator[None]:
+    """Fail at once (one line, from the CLI) when Redis is down, before the live view."""
+    await app.store.ping()
+    yield
+
+
 async def run_demo(
     settings: Settings, *, agents: int = 4, users: int = 30, turns: int = 20, seed: int = 7
 ) -> int:
@@ -168,7 +177,7 @@ async def run_demo(
     run = uuid.uuid4().hex[:6]
     rng = random.Random(seed)
     stats = DemoStats()
-    async with build_app(settings) as app, Runner(app) as runner:
+    async with build_app(settings) as app, _reachable(app), Runner(app) as runner:
         # Agents alternate between the memory resources, keys rendered from their templates.
         plan: list[tuple[str, list[str]]] = []
         for a in range(agents):

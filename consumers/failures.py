@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPart
 from pydantic import ValidationError
 from redis import exceptions as rx
 
+from consumers.generations import MissingTopicError
 from consumers.settings import Settings, SettingsError
 from memory_core import (
     ConfigError,
@@ -48,14 +49,6 @@ class Failure:
 
     message: str
     code: ExitCode
-
-
-class MissingTopicError(KafkaError):  # type: ignore[misc]
-    """A topic a command reads does not exist."""
-
-    def __init__(self, topic: str) -> None:
-        super().__init__(f"topic {topic} does not exist")
-        self.topic = topic
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -120,10 +113,8 @@ def describe(exc: BaseException, settings: Settings | None = None) -> Failure | 
         if isinstance(e, ConfigError | ConfigErrors):
             return Failure(f"memories file: {e}", ExitCode.SETTINGS)
         if isinstance(e, EncodingUnavailableError):
-            return Failure(
-                f"{e}: run `memstream encodings install` (or set MEMSTREAM_ENCODINGS_DIR)",
-                ExitCode.ENCODINGS,
-            )
+            hint = "" if "encodings install" in str(e) else ": run `memstream encodings install`"
+            return Failure(f"{e}{hint}", ExitCode.ENCODINGS)
         if isinstance(e, SchemaRegistryError):
             return Failure(f"{e}", ExitCode.SCHEMA_REGISTRY)
     s = settings or _settings()
@@ -131,8 +122,8 @@ def describe(exc: BaseException, settings: Settings | None = None) -> Failure | 
         if isinstance(e, MissingTopicError | UnknownTopicOrPartitionError):
             topic = e.topic if isinstance(e, MissingTopicError) else "a topic"
             return Failure(
-                f"Kafka: {topic} does not exist: create the topics (memstream topics create) "
-                "or check MEMSTREAM_EVENTS_TOPIC",
+                f"Kafka: {topic} does not exist: start `memstream run` once (it creates the "
+                "topics) or check MEMSTREAM_EVENTS_TOPIC",
                 ExitCode.MISSING_TOPIC,
             )
         if isinstance(e, KafkaConnectionError):
@@ -155,6 +146,19 @@ def describe(exc: BaseException, settings: Settings | None = None) -> Failure | 
         if isinstance(e, MemstreamError):
             return Failure(str(e), ExitCode.FAILED)
     return None
+
+
+# Set by the CLI's --debug: known failures keep their tracebacks.
+show_tracebacks = False
+
+
+def one_line(exc: BaseException, code: int = 1, prefix: str = "") -> tuple[str, int]:
+    """The line and exit code a command prints for ``exc``: a known service or settings
+    failure's own, else ``prefix`` and ``exc`` itself with ``code``."""
+    failure = describe(exc)
+    if failure is not None and failure.code is not ExitCode.FAILED:
+        return failure.message, int(failure.code)
+    return f"{prefix}{exc}", code
 
 
 def _settings() -> Settings | None:

@@ -153,6 +153,29 @@ async def topic_partition_count(settings: Settings, topic: str) -> int | None:
     return None
 
 
+class MissingTopicError(MemstreamError):
+    """A topic a command reads does not exist (and is not created by reading it)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic} does not exist")
+        self.topic = topic
+
+
+async def existing_generation(settings: Settings) -> Generation:
+    """The active generation, for a reader: never creates or records anything.
+
+    An events topic that predates generations reads as generation 1 with its partitions;
+    a missing one raises ``MissingTopicError``.
+    """
+    recorded = await read_generations(settings)
+    if recorded:
+        return recorded[-1]
+    count = await topic_partition_count(settings, settings.events_topic)
+    if count is None:
+        raise MissingTopicError(settings.events_topic)
+    return Generation(1, settings.events_topic, count, 0)
+
+
 SEALED_MAX_MESSAGE_BYTES = "0"
 
 

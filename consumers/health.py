@@ -31,6 +31,7 @@ from memory_core import MemstreamError
 
 log = logging.getLogger(__name__)
 
+
 class HealthPortError(MemstreamError):
     """The health endpoints' port cannot be bound (taken, or not ours to take)."""
 

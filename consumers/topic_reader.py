@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumers.connections import kafka_consumer
-from consumers.generations import topic_partition_count
+from consumers.generations import MissingTopicError, topic_partition_count
 from consumers.settings import Settings
-from memory_core import MemstreamError
 
 
 async def read_to_end(
@@ -17,12 +16,12 @@ async def read_to_end(
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
     """Every record of ``topic`` up to its current end, a fetched batch of one partition at
     a time (offset order within a partition). No group, nothing committed. A missing topic
-    yields nothing with ``missing_ok``, else raises ``MemstreamError``."""
+    yields nothing with ``missing_ok``, else raises ``MissingTopicError``."""
     count = await topic_partition_count(settings, topic)
     if count is None:
         if missing_ok:
             return
-        raise MemstreamError(f"topic {topic} does not exist")
+        raise MissingTopicError(topic)
     # Large fetches: dead letters carry records of almost 1 MB.
     consumer = kafka_consumer(
         settings,

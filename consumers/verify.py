@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
-from consumers.generations import active_generation
+from consumers.generations import existing_generation
 from consumers.settings import Settings
 from consumers.topic_reader import read_to_end
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
@@ -55,7 +55,7 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
     (no consumer group), keeping what the apply consumer applies: records in their memory's
     home partition, valid."""
     out = LogContents()
-    gen = await active_generation(settings)
+    gen = await existing_generation(settings)
     async for records in read_to_end(settings, gen.topic):
         for rec in records:
             out.records += 1
@@ -84,6 +84,7 @@ async def verify(
     keys: list[str] | None = None,
 ) -> VerifyReport:
     """Compare every memory in Redis with the pure model applied to the log."""
+    await store.ping()  # a verify that never reached Redis must not pass
     log = await read_log(settings, catalog, codec)
     mismatches: list[Mismatch] = []
     chosen = keys if keys is not None else sorted(log.events)
@@ -137,6 +138,7 @@ async def replay(
     To recover a lost Redis, run it against the empty Redis while the apply consumer is
     stopped; returns how many memories were written.
     """
+    await store.ping()
     log = await read_log(settings, catalog, codec)
     batches = [
         KeyBatch(k, log.policies[k], events, home=log.homes[k]) for k, events in log.events.items()

@@ -261,21 +261,41 @@ def parse_config(data: Any) -> MemoryConfig:
         raise ConfigErrors(errors) from None
 
 
-def load_configs(text: str) -> list[MemoryConfig]:
-    """Parse YAML holding one memory, a ``memories:`` list, or several ``---`` documents."""
+def load_configs(text: str, source: str = "<yaml>") -> list[MemoryConfig]:
+    """Parse YAML holding one memory, a ``memories:`` list, or several ``---`` documents.
+
+    Every invalid field of every resource is reported at once (``ConfigErrors``), each named
+    by the resource (``memories[1] (chat).max_tokens``); ``source`` names the text (a path).
+    """
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
-        raise ConfigError("<yaml>", f"not valid YAML: {exc}") from None
-    configs: list[MemoryConfig] = []
-    for doc in documents:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, f"not valid YAML{where}: {problem}") from None
+    items: list[tuple[str, Any]] = []
+    for number, doc in enumerate(documents):
         if isinstance(doc, dict) and set(doc) == {"memories"}:
-            items = doc["memories"]
-            if not isinstance(items, list):
+            listed = doc["memories"]
+            if not isinstance(listed, list):
                 raise ConfigError("memories", "must be a list of memory configs")
-            configs.extend(parse_config(item) for item in items)
+            items += [(f"memories[{i}]", item) for i, item in enumerate(listed)]
         else:
-            configs.append(parse_config(doc))
+            items.append((f"document {number + 1}" if len(documents) > 1 else "", doc))
+    configs: list[MemoryConfig] = []
+    errors: list[ConfigError] = []
+    for where, item in items:
+        try:
+            configs.append(parse_config(item))
+        except ConfigErrors as exc:
+            name = item.get("id") if isinstance(item, dict) else None
+            label = " ".join(x for x in (where, f"({name})" if isinstance(name, str) else "") if x)
+            errors += [
+                ConfigError(f"{label}.{e.field}" if label else e.field, e.rule) for e in exc.errors
+            ]
+    if errors:
+        raise ConfigErrors(errors)
     ids = [c.id for c in configs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

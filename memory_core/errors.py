@@ -66,6 +66,7 @@ class EncodingUnavailableError(MemstreamError):
     def __init__(self, encoding: str, reason: str) -> None:
         super().__init__(f"encoding {encoding}: {reason}")
         self.encoding = encoding
+        self.reason = reason
 
 
 class RejectedEventError(MemstreamError):

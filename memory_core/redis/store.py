@@ -399,6 +399,11 @@ class RedisMemoryStore:
         if gone is not None:
             self.cached_bytes -= gone.nbytes
 
+    async def ping(self) -> None:
+        """Return once Redis answers; ``StoreUnavailableError`` if it cannot be reached."""
+        async with translate_redis_errors():
+            await self.redis.ping()
+
     def epoch_key(self, scope: str) -> str:
         """The Redis key of the epoch counter of ``scope`` (``"<topic>:<partition>"``)."""
         return f"{self.prefix}:epoch:{scope}"

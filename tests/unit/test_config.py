@@ -117,10 +117,39 @@ memories:
     assert "a" in info.value.rule.split(":")[-1]
 
 
-def test_error_in_a_listed_memory_names_its_field() -> None:
+def test_error_in_a_listed_memory_names_its_resource_and_field() -> None:
     with pytest.raises(ConfigErrors) as info:
         load_configs('memories:\n  - {id: a, key: "a:{x}", max_tokens: -1}\n')
-    assert [e.field for e in info.value.errors] == ["max_tokens"]
+    assert [e.field for e in info.value.errors] == ["memories[0] (a).max_tokens"]
+
+
+def test_every_invalid_resource_is_reported_at_once() -> None:
+    text = (
+        "memories:\n"
+        '  - {id: a, key: "a:{x}", max_tokens: -1}\n'
+        '  - {id: ok, key: "o:{x}", max_tokens: 10}\n'
+        '  - {key: "b:{x}", max_tokens: 5, flushing: {threshold: 2}}\n'
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_configs(text)
+    fields = [e.field for e in info.value.errors]
+    assert fields[0] == "memories[0] (a).max_tokens"
+    assert "memories[2].id" in fields and "memories[2].flushing.threshold" in fields
+
+
+def test_an_error_in_one_of_several_documents_names_the_document() -> None:
+    text = 'id: a\nkey: "a:{x}"\nmax_tokens: 10\n---\nid: b\nkey: "b:{x}"\nmax_tokens: 0\n'
+    with pytest.raises(ConfigErrors) as info:
+        load_configs(text)
+    assert [e.field for e in info.value.errors] == ["document 2 (b).max_tokens"]
+
+
+def test_invalid_yaml_names_the_source_and_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_configs("memories:\n  - id: [\n", "memories.yaml")
+    assert info.value.field == "memories.yaml"
+    assert info.value.rule.startswith("not valid YAML at line 3")
+    assert "\n" not in str(info.value)
 
 
 # --- validation: each error names its field and rule --------------------------------------------
