@@ -110,7 +110,10 @@ def describe(exc: BaseException, settings: Settings | None = None) -> Failure | 
                 for err in e.errors()
             )
             return Failure(f"settings: {problems}", ExitCode.SETTINGS)
-        if isinstance(e, ConfigError | ConfigErrors):
+        if isinstance(e, ConfigErrors) or (
+            # A command's own option (--memory-id) is the command's failure, not the file's.
+            isinstance(e, ConfigError) and not e.field.startswith("--")
+        ):
             return Failure(f"memories file: {e}", ExitCode.SETTINGS)
         if isinstance(e, EncodingUnavailableError):
             hint = "" if "encodings install" in str(e) else ": run `memstream encodings install`"

@@ -67,10 +67,10 @@ def _key() -> str:
 
 def test_stack_status_reports_every_service_up(stack: Settings) -> None:
     statuses = LocalStack(stack, echo=lambda _line: None).status()
-    assert [s.name for s in statuses] == ["kafka", "redis", "temporal"]
+    assert [s.name for s in statuses] == ["kafka", "redis", "redis-tls", "temporal"]
     result = CliRunner().invoke(app, ["stack", "status"])
     assert result.exit_code == 0, result.output
-    assert result.output.count(" up ") == 3
+    assert result.output.count(" up ") == 4
 
 
 def test_append_not_waited_for_prints_published_with_its_position(cli_env: Settings) -> None:
@@ -181,9 +181,9 @@ def test_run_reports_a_known_failure_in_one_line(
 ) -> None:
     monkeypatch.setenv("MEMSTREAM_MEMORIES_FILE", str(tmp_path / "missing.yaml"))
     result = _invoke("run", "--roles", "apply")
-    assert result.exit_code == 1
+    assert result.exit_code == 10  # a settings or memories-file failure
     [line] = result.stderr.splitlines()
-    assert line.startswith("memstream: ") and "cannot read the memories file" in line
+    assert line.startswith("memstream: memories file: ") and "cannot read the memories file" in line
 
 
 def test_show_prints_messages_and_health_as_json(cli_env: Settings) -> None:

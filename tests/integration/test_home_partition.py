@@ -105,7 +105,7 @@ async def test_growing_the_topic_by_hand_loses_no_acknowledged_write(
     # memstream's SDK keeps writing to each memory's home; a client hashing over every
     # partition (as Kafka's default partitioner does) sends the moved keys elsewhere.
     async with app.producer.__class__(
-        bootstrap_servers=settings.kafka_bootstrap,
+        settings=settings,
         topic=gen.topic,
         codec=app.codec,
         telemetry=app.telemetry,
