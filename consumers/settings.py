@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     stack_kafka_secure_port: int = 19094
     # The local stack's Redis over TLS with an ACL user and client certificates.
     stack_redis_tls_port: int = 16380
+    # The local stack's Redis Cluster: six nodes on this port and the next five.
+    stack_redis_cluster_port: int = 17000
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     redis_ssl_keyfile: Path | None = None
     redis_ssl_key_password: str | None = Field(default=None, repr=False)
     redis_ssl_check_hostname: bool = True
+    # Redis Cluster: REDIS_URL names any node; the client discovers the others.
+    redis_cluster: bool = False
     redis_socket_timeout_s: float = 5.0
     redis_max_connections: int = 64
 

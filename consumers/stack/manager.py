@@ -12,7 +12,12 @@ from consumers.stack.errors import StackError
 from consumers.stack.kafka import KafkaService
 from consumers.stack.process import clean_stale, live_pid, read_pid, spawn, terminate
 from consumers.stack.ready import tcp_open, wait_ready
-from consumers.stack.redis_server import RedisService, RedisTlsService
+from consumers.stack.redis_server import (
+    RedisService,
+    RedisTlsService,
+    cluster_nodes,
+    form_cluster,
+)
 from consumers.stack.service import HOST, Service, ServiceStatus
 from consumers.stack.temporal import TemporalService
 
@@ -32,7 +37,9 @@ class LocalStack:
             RedisService(settings),
             RedisTlsService(settings),
             TemporalService(settings),
+            *cluster_nodes(settings),
         )
+        self._settings = settings
 
     def up(self) -> list[ServiceStatus]:
         """Start whatever is not running, wait until all answer, and return their status."""
@@ -67,6 +74,10 @@ class LocalStack:
                 statuses.append(result)
         if failures:
             raise StackError("\n".join(failures))
+        try:
+            await form_cluster(self._settings)
+        except StackError as exc:
+            raise StackError(f"redis-cluster: {exc}") from None
         return statuses
 
     async def down_async(self) -> list[ServiceStatus]:
@@ -83,7 +94,7 @@ class LocalStack:
             locks.release(lock)
         for service, pid in zip(self._services, pids, strict=True):
             done = f"stopped (pid {pid})" if pid is not None else "was not running"
-            self._echo(f"{service.name:<10}{done}")
+            self._echo(f"{service.name:<16}{done}")
         return await self.status_async()
 
     async def status_async(self) -> list[ServiceStatus]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from consumers.settings import Settings
 from consumers.stack.errors import StackError
 from consumers.stack.secure import REDIS_USER, SecureAccess
 from consumers.stack.service import HOST, Service
@@ -162,3 +165,119 @@ class RedisTlsService(Service):
             return bool(await client.ping())
         finally:
             await client.aclose()
+
+
+CLUSTER_NODES = 6  # three masters, each with one replica
+
+
+class RedisClusterNode(Service):
+    """One of the six ``redis-server --cluster-enabled`` processes of the stack's Redis
+    Cluster (ports ``stack_redis_cluster_port`` + 0..5; cluster bus + 10000)."""
+
+    ready_timeout_s = 30.0
+    stop_grace_s = 10.0
+
+    def __init__(self, settings: Settings, index: int) -> None:
+        super().__init__(settings)
+        self.index = index
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """``redis-cluster-<index>``."""
+        return f"redis-cluster-{self.index}"
+
+    @property
+    def port(self) -> int:
+        """This node's client port."""
+        return self.settings.stack_redis_cluster_port + self.index
+
+    @property
+    def endpoint(self) -> str:
+        """The node's address (clients discover the others from it)."""
+        return f"redis://{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Redis's own log file."""
+        return self.dir / "redis.log"
+
+    def prepare(self) -> list[str]:
+        """Find redis-server and return this node's command line."""
+        binary = find_redis_server()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return [
+            str(binary),
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.dir / "nodes.conf"),
+            "--cluster-node-timeout", "2000",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.dir),
+            "--logfile", str(self.log_path),
+            "--daemonize", "no",
+        ]  # fmt: skip
+
+    async def _answers(self) -> bool:
+        client = aioredis.Redis(host=HOST, port=self.port, socket_connect_timeout=2.0)
+        try:
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
+
+def cluster_nodes(settings: Settings) -> list[RedisClusterNode]:
+    """The six node services of the stack's cluster."""
+    return [RedisClusterNode(settings, i) for i in range(CLUSTER_NODES)]
+
+
+async def form_cluster(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Join the six nodes into a cluster (three masters, one replica each) unless they are,
+    then wait until every slot is served (``cluster_state:ok``)."""
+    nodes = cluster_nodes(settings)
+    first = aioredis.Redis(host=HOST, port=nodes[0].port, socket_connect_timeout=2.0)
+    try:
+        info = await first.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        if "cluster_slots_assigned:16384" not in text:
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise StackError(f"redis-cli not found: {_HINT}")
+            argv = [
+                cli, "--cluster", "create",
+                *(f"{HOST}:{n.port}" for n in nodes),
+                "--cluster-replicas", "1", "--cluster-yes",
+            ]  # fmt: skip
+            done = await asyncio.to_thread(
+                subprocess.run, argv, capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-2:]
+                raise StackError(f"redis-cli --cluster create failed: {' | '.join(tail)}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = await first.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" in text and await _replicas_attached(nodes):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"Redis Cluster not ready after {timeout_s:.0f}s: {text[:80]}")
+            await asyncio.sleep(0.2)
+    finally:
+        await first.aclose()
+
+
+async def _replicas_attached(nodes: list[RedisClusterNode]) -> bool:
+    # Every master has its replica in sync, so a failover test starts from a full cluster.
+    for node in nodes:
+        client = aioredis.Redis(host=HOST, port=node.port, socket_connect_timeout=2.0)
+        try:
+            info = await client.info("replication")
+        finally:
+            await client.aclose()
+        if info.get("role") == "master" and int(info.get("connected_slaves", 0)) < 1:
+            return False
+        if info.get("role") == "slave" and info.get("master_link_status") != "up":
+            return False
+    return True

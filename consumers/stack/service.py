@@ -29,7 +29,7 @@ class ServiceStatus:
         """One human-readable line: state, endpoint, owning pid and log."""
         state = "up  " if self.up else "down"
         owner = f"pid {self.pid}" if self.pid is not None else "not started here"
-        return f"{self.name:<10}{state} {self.endpoint:<25} {owner:<17} log {self.log_path}"
+        return f"{self.name:<16}{state} {self.endpoint:<25} {owner:<17} log {self.log_path}"
 
 
 class Service(ABC):
