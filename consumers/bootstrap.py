@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from consumers.catalog import MemoryCatalog
 from consumers.connections import make_redis, make_registry, temporal_options
@@ -104,7 +104,7 @@ class App:
 
     settings: Settings
     telemetry: Telemetry
-    redis: Redis
+    redis: Redis | RedisCluster
     store: RedisMemoryStore
     locks: RedisLockManager
     catalog: MemoryCatalog
@@ -145,7 +145,10 @@ async def build_app(
             telemetry=telemetry,
             redis=redis,
             store=RedisMemoryStore(
-                redis, prefix=settings.key_prefix, cache_bytes=settings.state_cache_mb << 20
+                redis,
+                prefix=settings.key_prefix,
+                cache_bytes=settings.state_cache_mb << 20,
+                wait_replicas=settings.resolved_wait_replicas,
             ),
             locks=RedisLockManager(redis, prefix=settings.key_prefix),
             catalog=catalog,

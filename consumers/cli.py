@@ -504,7 +504,10 @@ async def _reader() -> AsyncIterator[tuple[Settings, MemoryCatalog, AvroCodec, R
     codec = AvroCodec(make_registry(settings), logical_types=False)
     redis = make_redis(settings)
     try:
-        yield settings, catalog, codec, RedisMemoryStore(redis, prefix=settings.key_prefix)
+        store = RedisMemoryStore(
+            redis, prefix=settings.key_prefix, wait_replicas=settings.resolved_wait_replicas
+        )
+        yield settings, catalog, codec, store
     finally:
         await redis.aclose()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from consumers.settings import Settings, SettingsError
 from memory_core.redis import use_hiredis_packing
@@ -162,8 +162,15 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def make_redis(settings: Settings) -> Redis:
-    """A Redis client from settings: a bounded pool that waits for a free connection."""
+def make_redis(settings: Settings) -> Redis | RedisCluster:
+    """A Redis client from settings: a bounded pool that waits for a free connection, or a
+    Redis Cluster client (``redis_cluster``) that discovers the nodes from the URL's."""
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            **redis_options(settings),
+        )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     redis_ssl_check_hostname: bool = True
     # Redis Cluster: REDIS_URL names any node; the client discovers the others.
     redis_cluster: bool = False
+    # A write counts as applied (and its offsets are committed) only once this many replicas
+    # have it (WAIT), so a failover cannot lose it. Default: 1 on a cluster, else 0.
+    redis_wait_replicas: int | None = None
     redis_socket_timeout_s: float = 5.0
     redis_max_connections: int = 64
 
@@ -180,6 +183,13 @@ class Settings(BaseSettings):
         if problems:
             raise SettingsError("; ".join(problems))
         return self
+
+    @property
+    def resolved_wait_replicas(self) -> int:
+        """Replicas a write waits for (``redis_wait_replicas``, else 1 on a cluster)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster else 0
 
     @property
     def temporal_uses_tls(self) -> bool:

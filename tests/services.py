@@ -53,11 +53,22 @@ async def test_settings(stack: Settings, names: str) -> Settings:
     return isolated
 
 
-@pytest.fixture(scope="session")
-async def redis(stack: Settings) -> AsyncIterator[Redis]:
-    """A client of the stack's Redis."""
-    client = make_redis(stack)
-    yield client
+def cluster_settings(stack: Settings) -> Settings:
+    """``stack`` with Redis being the stack's Redis Cluster (writes wait for a replica)."""
+    return stack.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{stack.stack_redis_cluster_port}/0",
+            "redis_cluster": True,
+        }
+    )
+
+
+@pytest.fixture(scope="session", params=["redis", "redis-cluster"])
+async def redis(stack: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    """A client of the stack's Redis, then of its Redis Cluster: the Redis tests run on both."""
+    chosen = stack if request.param == "redis" else cluster_settings(stack)
+    client = make_redis(chosen)
+    yield client  # type: ignore[misc]
     await client.aclose()
 
 

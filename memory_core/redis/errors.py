@@ -17,6 +17,12 @@ async def translate_redis_errors() -> AsyncIterator[None]:
         yield
     except (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError) as exc:
         raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+    except (rx.AskError, rx.TryAgainError, rx.ClusterError) as exc:
+        # Redis Cluster: a slot moved or is moving, or the cluster is failing over.
+        what = type(exc).__name__.removesuffix("Error")
+        raise StoreUnavailableError(
+            f"Redis Cluster cannot serve the slot now ({what} {exc})"
+        ) from exc
     except rx.ResponseError as exc:
         if str(exc).startswith(("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN")):
             raise StoreUnavailableError(f"Redis cannot serve writes now: {exc}") from exc

@@ -10,12 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from redis.asyncio import Redis
-
 from memory_core.errors import LockNotAcquiredError
 from memory_core.ports import Clock, SystemClock
 from memory_core.redis.layout import MemoryKeys
-from memory_core.redis.scripts import Script, ScriptRunner
+from memory_core.redis.scripts import AnyRedis, Script, ScriptRunner
 
 ACQUIRE = Script.load("acquire")
 RELEASE = Script.load("release")
@@ -37,7 +35,7 @@ class RedisLockManager:
     """SET NX PX locks keyed per memory, released and extended only by their owner."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str = "memstream", clock: Clock | None = None
+        self, redis: AnyRedis, *, prefix: str = "memstream", clock: Clock | None = None
     ) -> None:
         self._scripts = ScriptRunner(redis)
         self.prefix = prefix

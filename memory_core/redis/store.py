@@ -15,7 +15,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from memory_core.errors import StoreUnavailableError
@@ -40,7 +39,7 @@ from memory_core.redis.codec import (
 )
 from memory_core.redis.errors import translate_redis_errors
 from memory_core.redis.layout import MemoryKeys, write_keys
-from memory_core.redis.scripts import Arg, Call, InFlight, Script, ScriptRunner
+from memory_core.redis.scripts import AnyRedis, Arg, Call, InFlight, Script, ScriptRunner
 from memory_core.values import Value, replace
 
 _dumps = orjson.dumps
@@ -149,16 +148,19 @@ class RedisMemoryStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         *,
         prefix: str = "memstream",
         cache_size: int = 50_000,
         cache_bytes: int = 256 << 20,
         chunk_keys: int = 64,
+        wait_replicas: int = 0,
     ):
         self.redis = redis
         self.prefix = prefix
-        self._scripts = ScriptRunner(redis)
+        # With ``wait_replicas``, a write counts as done once that many replicas have it.
+        self._scripts = ScriptRunner(redis, wait_replicas=wait_replicas)
+        self.cluster = self._scripts.cluster is not None
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         # States are cached up to ``cache_size`` memories and about ``cache_bytes`` bytes,
@@ -232,27 +234,27 @@ class RedisMemoryStore:
         window: deque[tuple[list[_Write], InFlight]] = deque()
         outcomes: list[KeyOutcome] = []
         empty = _Cached(0, MemoryState())
+        await self._scripts.ready()
+        groups = self._by_server(batches)
         try:
-            for i in range(0, len(batches), size):
-                writes = []
-                keys: list[str] = []
-                args: list[Arg] = [owner]
-                for b in batches[i : i + size]:
-                    cached = (
-                        refreshed.pop(b.memory_key, None) or self._cache.get(b.memory_key) or empty
-                    )
-                    # A lock still held from an earlier batch (with half its lease left) is
-                    # written with its token and left as it is; else the write takes the lock
-                    # (again), drawing a token.
-                    token = cached.token if cached.renew_by > now else -1
-                    w = self._write(b, cached, token, hold)
-                    writes.append(w)
-                    keys += w.keys
-                    args += w.args
-                inflight = await self._scripts.send([Call(WRITE, keys, args)])
-                window.append((writes, inflight))
-                if len(window) >= _IN_FLIGHT:
-                    outcomes += await self._settle(*window.popleft(), hold, refreshed)
+            for group in groups:
+                for i in range(0, len(group), size):
+                    writes = []
+                    for b in group[i : i + size]:
+                        cached = (
+                            refreshed.pop(b.memory_key, None)
+                            or self._cache.get(b.memory_key)
+                            or empty
+                        )
+                        # A lock still held from an earlier batch (with half its lease left) is
+                        # written with its token and left as it is; else the write takes the
+                        # lock (again), drawing a token.
+                        token = cached.token if cached.renew_by > now else -1
+                        writes.append(self._write(b, cached, token, hold))
+                    inflight = await self._scripts.send(self._calls(writes, owner))
+                    window.append((writes, inflight))
+                    if len(window) >= _IN_FLIGHT:
+                        outcomes += await self._settle(*window.popleft(), hold, refreshed)
             while window:
                 outcomes += await self._settle(*window.popleft(), hold, refreshed)
         finally:
@@ -262,13 +264,41 @@ class RedisMemoryStore:
             for _, inflight in window:
                 await inflight.abandon()
         self.round_trips += 1
+        if len(groups) > 1:  # grouped by server: back in the batches' order
+            by_key = {o.memory_key: o for o in outcomes}
+            outcomes = [by_key[b.memory_key] for b in batches]
         return outcomes
+
+    def _by_server(self, batches: list[KeyBatch]) -> list[list[KeyBatch]]:
+        """The batches grouped by the Redis server holding their memory (one group without
+        a cluster)."""
+        if not self.cluster:
+            return [batches]
+        groups: dict[str, list[KeyBatch]] = {}
+        for b in batches:
+            name = self._scripts.node_name(self.keys(b.memory_key).meta)
+            groups.setdefault(name, []).append(b)
+        return list(groups.values())
+
+    def _calls(self, writes: list[_Write], owner: str) -> list[Call]:
+        """One ``write.lua`` call for a chunk of memories; on a cluster, one per memory
+        (a call's keys must share a slot), all sent to their server in one round trip."""
+        if self.cluster:
+            return [Call(WRITE, w.keys, [owner, *w.args]) for w in writes]
+        keys: list[str] = []
+        args: list[Arg] = [owner]
+        for w in writes:
+            keys += w.keys
+            args += w.args
+        return [Call(WRITE, keys, args)]
 
     async def _settle(
         self, writes: list[_Write], inflight: InFlight, hold: bool, refreshed: dict[str, _Cached]
     ) -> list[KeyOutcome]:
         """Read one chunk's replies and record what they say in the cache and held locks."""
-        (replies,) = await inflight.replies()
+        answers = await inflight.replies()
+        # One reply list per call: one call for the chunk, or one per memory on a cluster.
+        replies = answers[0] if len(answers) == 1 else [a[0] for a in answers]
         written_at = time.monotonic()
         outcomes: list[KeyOutcome] = []
         for w, reply in zip(writes, replies, strict=True):
@@ -356,9 +386,13 @@ class RedisMemoryStore:
         )
         args: list[Arg] = [_dumps(header), new.appended_bodies, *new.inserted]
         # The partition's epoch key: a zombie (an owner the group replaced) is refused even on
-        # memories the new owner has not written yet. Another slot in Redis Cluster: see
-        # docs/decisions/0008-one-home-per-memory.md.
-        epoch_key = self.epoch_key(b.home or "-")
+        # memories the new owner has not written yet. On Redis Cluster it is in another slot,
+        # so a key of the memory's own slot that is never set stands in: only the memory's
+        # stored epoch fences there (docs/decisions/0012).
+        if self.cluster:
+            epoch_key = f"{self.prefix}:{{{b.memory_key}}}:no-partition-epoch"
+        else:
+            epoch_key = self.epoch_key(b.home or "-")
         keys = (*write_keys(b.memory_key, self.prefix), epoch_key)
         return _Write(b, now, result, keys, args, renews)
 
