@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     stack_redis_tls_port: int = 16380
     # The local stack's Redis Cluster: six nodes on this port and the next five.
     stack_redis_cluster_port: int = 17000
+    # The local stack's Confluent-compatible schema registry (Apicurio Registry).
+    stack_schema_registry_port: int = 18085
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None

@@ -141,6 +141,10 @@ class KafkaService(Service):
             f"{sasl}.ssl.keystore.location": str(tls.server_keystore),
             f"{sasl}.ssl.keystore.password": tls.keystore_password,
             f"{sasl}.ssl.key.password": tls.keystore_password,
+            # mTLS too: a client must present a certificate of the stack's CA.
+            f"{sasl}.ssl.client.auth": "required",
+            f"{sasl}.ssl.truststore.type": "PEM",
+            f"{sasl}.ssl.truststore.location": str(tls.ca_cert),
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",

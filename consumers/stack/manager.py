@@ -18,6 +18,7 @@ from consumers.stack.redis_server import (
     cluster_nodes,
     form_cluster,
 )
+from consumers.stack.registry import SchemaRegistryService
 from consumers.stack.service import HOST, Service, ServiceStatus
 from consumers.stack.temporal import TemporalService
 
@@ -37,6 +38,7 @@ class LocalStack:
             RedisService(settings),
             RedisTlsService(settings),
             TemporalService(settings),
+            SchemaRegistryService(settings),
             *cluster_nodes(settings),
         )
         self._settings = settings

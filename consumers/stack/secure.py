@@ -1,4 +1,5 @@
-"""How to reach the local stack's secured services: Kafka over SASL_SSL, Redis over mTLS.
+"""How to reach the local stack's secured services: Kafka over SASL_SSL (SCRAM-SHA-512 and a
+client certificate), Redis over TLS with an ACL user and a client certificate.
 
 The stack serves them beside the plaintext ones, with TLS files and passwords made at the
 first ``stack up`` (``stack_dir/tls``): the tests that prove every connection can be secured
@@ -59,6 +60,8 @@ class SecureAccess:
                 "kafka_sasl_username": KAFKA_USER,
                 "kafka_sasl_password": self.kafka_password,
                 "kafka_ssl_ca_file": self.tls.ca_cert,
+                "kafka_ssl_cert_file": self.tls.client_cert,
+                "kafka_ssl_key_file": self.tls.client_key,
                 "redis_url": self.redis_url,
                 "redis_username": REDIS_USER,
                 "redis_password": self.redis_password,
@@ -78,6 +81,8 @@ class SecureAccess:
             "kafka_sasl_username",
             "kafka_sasl_password",
             "kafka_ssl_ca_file",
+            "kafka_ssl_cert_file",
+            "kafka_ssl_key_file",
             "redis_url",
             "redis_username",
             "redis_password",

@@ -5,6 +5,7 @@ code."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiokafka.abc import AbstractTokenProvider
 from redis.exceptions import RedisError
+from temporalio.client import Client
 
 from consumers.bootstrap import build_app
 from consumers.connections import kafka_admin, make_redis
@@ -24,7 +26,7 @@ from consumers.runner import Runner
 from consumers.settings import Settings
 from consumers.stack.secure import REDIS_USER, SecureAccess
 from consumers.topics import ensure_topics, topic_names
-from memory_core import AsyncSafeMemoryInstance, Role, WriteOutcomeStatus
+from memory_core import AsyncSafeMemoryInstance, Kind, Role, WriteOutcomeStatus
 
 MEMSTREAM = Path(sys.executable).parent / "memstream"
 
@@ -71,6 +73,33 @@ async def test_the_pipeline_runs_end_to_end_over_sasl_ssl_and_redis_mtls(
             second = await memory.append(Role.ASSISTANT, "still over TLS", message_id="m2")
         assert (first.status, second.status) == (WriteOutcomeStatus.APPLIED,) * 2
         assert [m.content for m in await memory.read()] == ["over TLS", "still over TLS"]
+
+
+async def test_every_role_works_over_the_secured_services_a_flush_included(
+    secured_settings: Settings, temporal_client: Client
+) -> None:
+    # The dispatcher consumes flush commands and the worker publishes the summary, both
+    # over SASL_SSL; the worker's store writes over Redis mTLS.
+    async with build_app(secured_settings) as app:
+        config = app.catalog.config("chat")
+        memory = AsyncSafeMemoryInstance(
+            "agent:a1:user:secure-flush", config, store=app.store, publisher=app.producer
+        )
+        async with Runner(app, temporal=temporal_client):
+            ids = [
+                (await memory.append(Role.USER, f"message {i} over TLS")).message_id
+                for i in range(4)
+            ]
+            await memory.flush()
+            deadline = time.monotonic() + 60
+            while True:
+                snap = await app.store.read(memory.memory_key)
+                if not snap.flush_pending and any(m.kind is Kind.SUMMARY for m in snap.messages):
+                    break
+                assert time.monotonic() < deadline, "no summary over the secured services"
+                await asyncio.sleep(0.2)
+        [summary] = [m for m in snap.messages if m.kind is Kind.SUMMARY]
+        assert summary.covers == tuple(ids[:2])
 
 
 async def test_an_oauthbearer_token_provider_named_in_settings_logs_in(

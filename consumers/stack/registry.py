@@ -1,0 +1,95 @@
+"""A Confluent-compatible schema registry for the local stack: Apicurio Registry 2.6 from
+Maven Central (its Quarkus "all" distribution), in-memory storage, Confluent API at
+``/apis/ccompat/v7``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from consumers.stack.errors import StackError
+from consumers.stack.kafka import find_java
+from consumers.stack.locks import locked
+from consumers.stack.service import HOST, Service
+
+APICURIO_VERSION = "2.6.13.Final"
+_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:zip:all"
+_RUNNER = f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
+CCOMPAT = "/apis/ccompat/v7"
+
+
+def ensure_apicurio(cache_dir: Path) -> Path:
+    """The runner jar of Apicurio Registry, downloaded with Maven and unpacked once."""
+    home = cache_dir / f"apicurio-{APICURIO_VERSION}"
+    complete = home / ".complete"
+    if complete.exists():
+        return home / _RUNNER
+    home.mkdir(parents=True, exist_ok=True)
+    with locked(home / ".lock"):
+        if complete.exists():
+            return home / _RUNNER
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise StackError("mvn not found: install maven (Debian/Ubuntu: apt-get install maven)")
+        argv = [
+            mvn, "-B", "-q",
+            "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+            f"-Dartifact={_ARTIFACT}", f"-DoutputDirectory={home}",
+        ]  # fmt: skip
+        done = subprocess.run([*argv, "-o"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"downloading Apicurio Registry {APICURIO_VERSION}", file=sys.stderr)
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+                raise StackError(f"mvn could not fetch {_ARTIFACT}: {' | '.join(tail)}")
+        archive = home / f"apicurio-registry-app-{APICURIO_VERSION}-all.zip"
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(home)
+        archive.unlink()
+        if not (home / _RUNNER).exists():
+            raise StackError(f"{_RUNNER} is not in {archive.name}")
+        complete.write_text(APICURIO_VERSION)
+    return home / _RUNNER
+
+
+class SchemaRegistryService(Service):
+    """Apicurio Registry on ``stack_schema_registry_port`` (loopback, in-memory storage)."""
+
+    name = "schema-registry"
+    ready_timeout_s = 90.0
+    stop_grace_s = 15.0
+
+    @property
+    def port(self) -> int:
+        """The HTTP port."""
+        return self.settings.stack_schema_registry_port
+
+    @property
+    def endpoint(self) -> str:
+        """The Confluent-compatible API's base URL (``MEMSTREAM_SCHEMA_REGISTRY_URL``)."""
+        return f"http://{HOST}:{self.port}{CCOMPAT}"
+
+    def prepare(self) -> list[str]:
+        """Fetch the registry once; return its command line."""
+        java = find_java()
+        runner = ensure_apicurio(self.settings.cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return [str(java), "-Xms64m", "-Xmx256m", "-jar", str(runner)]
+
+    def env(self) -> dict[str, str]:
+        """Loopback only, on the stack's port."""
+        return {**os.environ, "QUARKUS_HTTP_HOST": HOST, "QUARKUS_HTTP_PORT": str(self.port)}
+
+    async def _answers(self) -> bool:
+        def get() -> bool:
+            with urllib.request.urlopen(f"{self.endpoint}/subjects", timeout=2) as reply:
+                return bool(reply.status == 200)
+
+        return await asyncio.to_thread(get)
