@@ -67,10 +67,12 @@ def _key() -> str:
 
 def test_stack_status_reports_every_service_up(stack: Settings) -> None:
     statuses = LocalStack(stack, echo=lambda _line: None).status()
-    assert [s.name for s in statuses] == ["kafka", "redis", "redis-tls", "temporal"]
+    cluster = [f"redis-cluster-{i}" for i in range(6)]
+    expected = ["kafka", "redis", "redis-tls", "temporal", "schema-registry", *cluster]
+    assert [s.name for s in statuses] == expected
     result = CliRunner().invoke(app, ["stack", "status"])
     assert result.exit_code == 0, result.output
-    assert result.output.count(" up ") == 4
+    assert result.output.count(" up ") == len(expected)
 
 
 def test_append_not_waited_for_prints_published_with_its_position(cli_env: Settings) -> None:

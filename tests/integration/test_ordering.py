@@ -21,7 +21,7 @@ from consumers.bootstrap import App
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope
 from consumers.settings import Settings
 from consumers.verify import read_log, verify
-from memory_core import Draft, Role, Snapshot, ToolCall
+from memory_core import Draft, Role, Snapshot, StoreUnavailableError, ToolCall
 from memory_core.redis import RedisMemoryStore
 from tests.reference_model import ReferenceMemory
 
@@ -152,7 +152,12 @@ async def until_verified(app: App, timeout: float = 90.0) -> None:
     """Wait until ``verify`` finds every memory of the log equal to its replay."""
     deadline = time.monotonic() + timeout
     while True:
-        report = await verify(app.settings, app.catalog, app.codec, app.store)
+        try:
+            report = await verify(app.settings, app.catalog, app.codec, app.store)
+        except StoreUnavailableError as exc:  # a Redis the test restarts is not up yet
+            assert time.monotonic() < deadline, exc
+            await asyncio.sleep(0.5)
+            continue
         if report.ok and report.memories:
             return
         assert time.monotonic() < deadline, report.mismatches[:3]

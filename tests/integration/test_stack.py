@@ -33,7 +33,8 @@ async def test_up_leaves_every_service_answering_where_settings_point(
 
     statuses = _by_name(await stack.status_async())
 
-    assert set(statuses) == {"kafka", "redis", "redis-tls", "temporal"}
+    cluster = {f"redis-cluster-{i}" for i in range(6)}
+    assert set(statuses) == {"kafka", "redis", "redis-tls", "temporal", "schema-registry"} | cluster
     assert all(status.up for status in statuses.values()), statuses
     assert statuses["kafka"].endpoint.endswith(f":{settings.kafka_port}")
     assert statuses["redis"].endpoint.endswith(f":{settings.redis_port}")
@@ -58,6 +59,8 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         redis_url="redis://127.0.0.1:2/0",
         temporal_address="127.0.0.1:3",
         stack_redis_tls_port=4,
+        stack_schema_registry_port=5,
+        stack_redis_cluster_port=6,
     )
 
     statuses = await LocalStack(unused).status_async()
@@ -67,4 +70,6 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         ("redis", False, None),
         ("redis-tls", False, None),
         ("temporal", False, None),
+        ("schema-registry", False, None),
+        *((f"redis-cluster-{i}", False, None) for i in range(6)),
     ]
