@@ -198,9 +198,15 @@ async def diagnose_kafka(settings: Settings, timeout_s: float = 10.0) -> str:
             if isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc):
                 reasons.append(f"{address}: connection refused")
                 continue
+            hint = "does MEMSTREAM_KAFKA_SECURITY_PROTOCOL match the listener's?"
+            if protocol in ("SSL", "SASL_SSL") and settings.kafka_ssl_cert_file is None:
+                # TLS 1.3: a refused client certificate shows as a closed connection.
+                hint = (
+                    "the listener may require a client certificate (MEMSTREAM_KAFKA_SSL_CERT_FILE"
+                    " and _KEY_FILE), or MEMSTREAM_KAFKA_SECURITY_PROTOCOL does not match it"
+                )
             return (
-                f"{where}: the listener closed the connection ({exc or type(exc).__name__}): "
-                "does MEMSTREAM_KAFKA_SECURITY_PROTOCOL match the listener's?"
+                f"{where}: the listener closed the connection ({exc or type(exc).__name__}): {hint}"
             )
         except KafkaError as exc:
             if "Sasl" in type(exc).__name__ or "SASL" in str(exc):

@@ -158,10 +158,11 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     [
         ({"MEMSTREAM_KAFKA_SASL_PASSWORD": "wrong"}, ExitCode.KAFKA, "refused the SASL"),
         ("kafka-ca", ExitCode.KAFKA, "TLS certificate is not trusted"),
+        ("kafka-no-cert", ExitCode.KAFKA, "may require a client certificate"),
         ({"MEMSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9"}, ExitCode.KAFKA, "is unreachable"),
         ({"MEMSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL"}, ExitCode.SETTINGS, "needs"),
     ],
-    ids=["wrong-password", "wrong-ca", "stopped", "inconsistent"],
+    ids=["wrong-password", "wrong-ca", "no-client-cert", "stopped", "inconsistent"],
 )
 def test_a_kafka_failure_is_one_line_naming_kafka(
     secure: SecureAccess,
@@ -176,6 +177,8 @@ def test_a_kafka_failure_is_one_line_naming_kafka(
     }
     if change == "kafka-ca":
         env["MEMSTREAM_KAFKA_SSL_CA_FILE"] = str(secure.tls.other_ca_cert)
+    elif change == "kafka-no-cert":
+        del env["MEMSTREAM_KAFKA_SSL_CERT_FILE"], env["MEMSTREAM_KAFKA_SSL_KEY_FILE"]
     else:
         assert isinstance(change, dict)
         env.update(change)
