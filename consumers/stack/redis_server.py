@@ -46,36 +46,23 @@ def find_redis_server() -> Path:
     return Path(found)
 
 
-class RedisService(Service):
-    """``redis-server`` on ``settings.redis_port``, no RDB/AOF, as a child process."""
+class _RedisServer(Service):
+    """A ``redis-server`` child process on loopback, no RDB/AOF, logging to its folder."""
 
-    name = "redis"
     ready_timeout_s = 30.0
     stop_grace_s = 10.0
-
-    @property
-    def port(self) -> int:
-        """The loopback port of ``settings.redis_url``."""
-        return self.settings.redis_port
-
-    @property
-    def endpoint(self) -> str:
-        """The Redis URL of the local server."""
-        return f"redis://{HOST}:{self.port}"
 
     @property
     def log_path(self) -> Path:
         """Redis's own log file."""
         return self.dir / "redis.log"
 
-    def prepare(self) -> list[str]:
-        """Find (or install) redis-server and return its command line."""
+    def _argv(self, *own: str, data: Path) -> list[str]:
+        """The command line: this server's own options, then what every one shares."""
         binary = find_redis_server()
-        data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         return [
-            str(binary),
-            "--port", str(self.port),
+            str(binary), *own,
             "--bind", HOST,
             "--save", "",
             "--appendonly", "no",
@@ -92,7 +79,27 @@ class RedisService(Service):
             await client.aclose()
 
 
-class RedisTlsService(Service):
+class RedisService(_RedisServer):
+    """``redis-server`` on ``settings.redis_port``, no RDB/AOF, as a child process."""
+
+    name = "redis"
+
+    @property
+    def port(self) -> int:
+        """The loopback port of ``settings.redis_url``."""
+        return self.settings.redis_port
+
+    @property
+    def endpoint(self) -> str:
+        """The Redis URL of the local server."""
+        return f"redis://{HOST}:{self.port}"
+
+    def prepare(self) -> list[str]:
+        """Find (or install) redis-server and return its command line."""
+        return self._argv("--port", str(self.port), data=self.dir / "data")
+
+
+class RedisTlsService(_RedisServer):
     """A second ``redis-server``: TLS only, client certificates required, one ACL user.
 
     What the tests of a secured deployment connect to (``SecureAccess``); the default user
@@ -100,8 +107,6 @@ class RedisTlsService(Service):
     """
 
     name = "redis-tls"
-    ready_timeout_s = 30.0
-    stop_grace_s = 10.0
 
     @property
     def port(self) -> int:
@@ -113,39 +118,26 @@ class RedisTlsService(Service):
         """The rediss:// URL of the server."""
         return SecureAccess.of(self.settings).redis_url
 
-    @property
-    def log_path(self) -> Path:
-        """Redis's own log file."""
-        return self.dir / "redis.log"
-
     def prepare(self) -> list[str]:
         """Find redis-server, make the TLS files, and return its command line."""
-        binary = find_redis_server()
         secure = SecureAccess.of(self.settings)
         tls = secure.tls
-        data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         acl = self.dir / "users.acl"
         acl.write_text(
             f"user default off\nuser {REDIS_USER} on >{secure.redis_password} ~* &* +@all\n"
         )
         acl.chmod(0o600)
-        return [
-            str(binary),
+        return self._argv(
             "--port", "0",
             "--tls-port", str(self.port),
-            "--bind", HOST,
             "--tls-cert-file", str(tls.server_cert),
             "--tls-key-file", str(tls.server_key),
             "--tls-ca-cert-file", str(tls.ca_cert),
             "--tls-auth-clients", "yes",
             "--aclfile", str(acl),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(data),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
-        ]  # fmt: skip
+            data=self.dir / "data",
+        )  # fmt: skip
 
     async def _answers(self) -> bool:
         secure = SecureAccess.of(self.settings)
@@ -170,12 +162,9 @@ class RedisTlsService(Service):
 CLUSTER_NODES = 6  # three masters, each with one replica
 
 
-class RedisClusterNode(Service):
+class RedisClusterNode(_RedisServer):
     """One of the six ``redis-server --cluster-enabled`` processes of the stack's Redis
     Cluster (ports ``stack_redis_cluster_port`` + 0..5; cluster bus + 10000)."""
-
-    ready_timeout_s = 30.0
-    stop_grace_s = 10.0
 
     def __init__(self, settings: Settings, index: int) -> None:
         super().__init__(settings)
@@ -196,35 +185,15 @@ class RedisClusterNode(Service):
         """The node's address (clients discover the others from it)."""
         return f"redis://{HOST}:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        """Redis's own log file."""
-        return self.dir / "redis.log"
-
     def prepare(self) -> list[str]:
         """Find redis-server and return this node's command line."""
-        binary = find_redis_server()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return [
-            str(binary),
+        return self._argv(
             "--port", str(self.port),
-            "--bind", HOST,
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(self.dir / "nodes.conf"),
             "--cluster-node-timeout", "2000",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
-        ]  # fmt: skip
-
-    async def _answers(self) -> bool:
-        client = aioredis.Redis(host=HOST, port=self.port, socket_connect_timeout=2.0)
-        try:
-            return bool(await client.ping())
-        finally:
-            await client.aclose()
+            data=self.dir,
+        )  # fmt: skip
 
 
 def cluster_nodes(settings: Settings) -> list[RedisClusterNode]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,30 +23,13 @@ from tests.integration.test_ordering import (
     until_verified,
     workload,
 )
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_block(size: int) -> int:
-    for _ in range(200):
-        # Below 32768: above it is the kernel's range for outgoing connections.
-        base = random.randint(20_000, 32_000)
-        if all(_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no free port block")
+from tests.ports import free_port_block
 
 
 @pytest.fixture
 async def own_stack(pipeline_settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """A second local stack (Kafka, Redis, Temporal) on free ports, only for this test."""
-    base = _port_block(8)
+    base = free_port_block(8)
     settings = pipeline_settings.model_copy(
         update={
             "stack_dir": tmp_path / "stack",

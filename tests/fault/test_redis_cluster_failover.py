@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
 import subprocess
 import uuid
 from collections import defaultdict
@@ -24,27 +22,10 @@ from consumers.settings import Settings
 from consumers.stack.redis_server import CLUSTER_NODES, cluster_nodes, form_cluster
 from consumers.verify import verify
 from memory_core import AsyncSafeMemoryInstance, Role, UnconfirmedWriteError, WriteOutcomeStatus
+from tests.ports import free_port_block
 
 WRITERS = 24
 TURNS = 30
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cluster_ports() -> int:
-    # Client ports and their cluster-bus ports (+10000) all below 32768.
-    for _ in range(200):
-        base = random.randint(20_000, 22_000)
-        if all(_free(base + i) and _free(base + 10_000 + i) for i in range(CLUSTER_NODES)):
-            return base
-    raise RuntimeError("no free port block for a cluster")
 
 
 class OwnCluster:
@@ -78,7 +59,8 @@ async def cluster(
     pipeline_settings: Settings, tmp_path: Path
 ) -> AsyncIterator[tuple[Settings, OwnCluster]]:
     """A fresh cluster (3 masters, 3 replicas) and settings that use it."""
-    base = _cluster_ports()
+    # Client ports and their cluster-bus ports (+10000) all below 32768.
+    base = free_port_block(CLUSTER_NODES, also=10_000, high=22_000)
     settings = pipeline_settings.model_copy(
         update={
             "stack_dir": tmp_path / "stack",

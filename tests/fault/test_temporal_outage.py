@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import time
 import uuid
 from collections import defaultdict
@@ -28,26 +27,9 @@ from memory_core import Draft, Role
 from memory_core.temporal import workflow_id
 from schemas import FLUSH_COMMAND, MEMORY_EVENT
 from tests.integration.test_ordering import read_topic
+from tests.ports import free_port_block
 
 WORDS = ("sun", "river", "stone", "cloud", "quick", "brown", "fox", "jumps", "lazy", "dog", "tea")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(size: int = 3) -> int:
-    """The first of ``size`` free loopback ports in 20000-30000 (gRPC, HTTP, metrics)."""
-    for _ in range(200):
-        base = random.randint(20_000, 30_000 - size)
-        if all(_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no free port block")
 
 
 class TemporalDevServer:

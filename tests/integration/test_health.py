@@ -18,8 +18,8 @@ from consumers.bootstrap import App
 from consumers.health import HealthServer
 from consumers.runner import Runner
 from consumers.settings import Settings
-from tests.fault.test_temporal_outage import free_port_block
 from tests.integration.test_runner import PoisonedDispatcher, Process
+from tests.ports import free_port_block
 
 
 async def _get(url: str) -> tuple[int, dict[str, Any]]:

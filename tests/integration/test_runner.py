@@ -27,8 +27,9 @@ from memory_core import Draft, Kind, Role
 from memory_core.temporal import FlushInput, FlushMemory, workflow_id
 from schemas import FLUSH_COMMAND
 from tests.fault.test_consumer_kill import _environment
-from tests.fault.test_temporal_outage import TemporalDevServer, free_port_block
+from tests.fault.test_temporal_outage import TemporalDevServer
 from tests.integration.test_ordering import read_topic
+from tests.ports import free_port_block
 
 MEMSTREAM = Path(sys.executable).parent / "memstream"
 
