@@ -16,6 +16,7 @@ from pathlib import Path
 from consumers.stack.errors import StackError
 from consumers.stack.kafka import find_java
 from consumers.stack.locks import locked
+from consumers.stack.secure import SecureAccess
 from consumers.stack.service import HOST, Service
 
 APICURIO_VERSION = "2.6.13.Final"
@@ -60,7 +61,8 @@ def ensure_apicurio(cache_dir: Path) -> Path:
 
 
 class SchemaRegistryService(Service):
-    """Apicurio Registry on ``stack_schema_registry_port`` (loopback, in-memory storage)."""
+    """Apicurio Registry on ``stack_schema_registry_port`` (HTTP) and the next port (HTTPS),
+    loopback only, in-memory storage."""
 
     name = "schema-registry"
     ready_timeout_s = 90.0
@@ -83,9 +85,22 @@ class SchemaRegistryService(Service):
         self.dir.mkdir(parents=True, exist_ok=True)
         return [str(java), "-Xms64m", "-Xmx256m", "-jar", str(runner)]
 
+    @property
+    def tls_endpoint(self) -> str:
+        """The same API over HTTPS (the stack's server certificate), on the next port."""
+        return f"https://{HOST}:{self.port + 1}{CCOMPAT}"
+
     def env(self) -> dict[str, str]:
-        """Loopback only, on the stack's port."""
-        return {**os.environ, "QUARKUS_HTTP_HOST": HOST, "QUARKUS_HTTP_PORT": str(self.port)}
+        """Loopback only: HTTP on the stack's port, HTTPS on the next one."""
+        tls = SecureAccess.of(self.settings).tls
+        return {
+            **os.environ,
+            "QUARKUS_HTTP_HOST": HOST,
+            "QUARKUS_HTTP_PORT": str(self.port),
+            "QUARKUS_HTTP_SSL_PORT": str(self.port + 1),
+            "QUARKUS_HTTP_SSL_CERTIFICATE_FILES": str(tls.server_cert),
+            "QUARKUS_HTTP_SSL_CERTIFICATE_KEY_FILES": str(tls.server_key),
+        }
 
     async def _answers(self) -> bool:
         def get() -> bool:

@@ -3,16 +3,18 @@ Registry (its /apis/ccompat/v7 API), alone and under the whole pipeline."""
 
 from __future__ import annotations
 
+import ssl
 import struct
 import uuid
 
 import pytest
 
 from consumers.bootstrap import build_app
-from consumers.connections import kafka_consumer
+from consumers.connections import kafka_consumer, make_registry, tls_context
 from consumers.runner import Runner
 from consumers.settings import Settings
 from consumers.stack.registry import SchemaRegistryService
+from consumers.stack.secure import SecureAccess
 from memory_core import AsyncSafeMemoryInstance, Role, WriteOutcomeStatus
 from schemas import MEMORY_EVENT, ConfluentRegistry, EmbeddedRegistry, SchemaRegistryError
 
@@ -72,3 +74,24 @@ async def test_the_pipeline_runs_with_the_registry_and_records_carry_its_ids(
     assert magic == 0
     fetched = ConfluentRegistry(registry_url).by_id(schema_id)
     assert fetched.schema == EmbeddedRegistry().latest(MEMORY_EVENT).schema
+
+
+def test_the_registry_over_https_is_trusted_with_the_ca_setting_only(stack: Settings) -> None:
+    tls = SecureAccess.of(stack).tls
+    url = SchemaRegistryService(stack).tls_endpoint
+    trusted = stack.model_copy(
+        update={"schema_registry_url": url, "schema_registry_ca_file": tls.ca_cert}
+    )
+    registry = make_registry(trusted)
+    assert isinstance(registry, ConfluentRegistry)
+    registered = registry.latest(MEMORY_EVENT)
+    assert registry.by_id(registered.id).schema == registered.schema
+    wrong = trusted.model_copy(update={"schema_registry_ca_file": tls.other_ca_cert})
+    with pytest.raises(SchemaRegistryError, match="CERTIFICATE_VERIFY_FAILED"):
+        ConfluentRegistry(url, ssl_context=_context(wrong)).by_id(registered.id)
+
+
+def _context(settings: Settings) -> ssl.SSLContext:
+    return tls_context(
+        "schema registry", "SCHEMA_REGISTRY", ca_file=settings.schema_registry_ca_file
+    )
