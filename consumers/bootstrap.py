@@ -125,8 +125,15 @@ async def build_app(
 ) -> AsyncIterator[App]:
     """Build, start and (on exit) stop the shared adapters."""
     settings = settings or Settings()
-    telemetry = telemetry or Telemetry()
+    if telemetry is None:
+        # As OTEL_* configures it (nothing exported unless asked); flushed on exit.
+        telemetry = Telemetry.from_environment()
+        made = telemetry
+    else:
+        made = None
     async with AsyncExitStack() as stack:
+        if made is not None:
+            stack.callback(made.shutdown)
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         catalog = make_catalog(settings)

@@ -1,4 +1,5 @@
-"""``/healthz`` and ``/readyz`` of ``memstream run``, on an opt-in port (``health_port``).
+"""``/healthz``, ``/readyz`` and ``/metrics`` of ``memstream run``, on an opt-in port
+(``health_port``).
 
 - ``/healthz`` (liveness): 200 while every started role runs; 503 once one has died (the
   process then exits too) — a probe that restarts a wedged pod.
@@ -6,6 +7,8 @@
   apply, Temporal for dispatch and worker, Kafka through the group), the apply consumer has
   partitions assigned, and its lag is within ``ready_max_lag`` (when set); else 503. Each
   check's result is in the JSON body either way.
+- ``/metrics``: every instrument in Prometheus's text format (OpenTelemetry's Prometheus
+  reader), when this process's telemetry has one.
 
 Served by Starlette on uvicorn in the process's own event loop; uvicorn's signal handling is
 left out (the runner owns SIGTERM).
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from memory_core import MemstreamError
@@ -55,6 +59,8 @@ class Probes:
 
     live: Callable[[], dict[str, bool]]
     ready: Sequence[Callable[[], Awaitable[Check]]] = ()
+    # What /metrics serves (the OpenTelemetry Prometheus reader's registry), if anything.
+    metrics: CollectorRegistry | None = None
 
 
 async def timed(name: str, probe: Callable[[], Awaitable[object]]) -> Check:
@@ -90,7 +96,20 @@ def build_health_app(probes: Probes) -> Starlette:
         }  # fmt: skip
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    async def prometheus(_: Request) -> Response:
+        registry = probes.metrics
+        if registry is None:
+            return PlainTextResponse("metrics are not exported here\n", status_code=404)
+        body = await asyncio.to_thread(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", prometheus),
+        ]
+    )
 
 
 class _Server(uvicorn.Server):

@@ -301,14 +301,18 @@ async def serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    own = telemetry is None
+    if telemetry is None:
+        # /metrics on the health port when it is served.
+        telemetry = Telemetry.from_environment(prometheus=settings.health_port is not None)
     try:
         async with build_app(settings, telemetry) as app:
             runner = Runner(app, roles)
             health = None
             if settings.health_port is not None:
-                health = HealthServer(
-                    runner.probes(), host=settings.health_host, port=settings.health_port
-                )
+                probes = runner.probes()
+                probes.metrics = telemetry.prometheus
+                health = HealthServer(probes, host=settings.health_host, port=settings.health_port)
                 await health.start()
             try:
                 await runner.run(stop)
@@ -320,3 +324,5 @@ async def serve(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        if own:
+            telemetry.shutdown()

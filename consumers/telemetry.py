@@ -10,6 +10,9 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observa
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Link, Tracer, TracerProvider, get_current_span
+from prometheus_client import CollectorRegistry
+
+from consumers.otel_setup import providers_from_environment
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -53,9 +56,15 @@ class Telemetry:
         self,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        *,
+        prometheus: CollectorRegistry | None = None,
+        owned: bool = False,
     ) -> None:
         self.tracer_provider = tracer_provider or SdkTracerProvider()
         self.meter_provider = meter_provider or SdkMeterProvider()
+        # What ``/metrics`` serves (a Prometheus reader of this meter provider), if any.
+        self.prometheus = prometheus
+        self._owned = owned
         self.tracer: Tracer = self.tracer_provider.get_tracer("memstream")
         meter: Meter = self.meter_provider.get_meter("memstream")
         self.events_applied = meter.create_counter("memstream.events.applied", "{event}")
@@ -69,13 +78,33 @@ class Telemetry:
         self.evictions = meter.create_counter("memstream.evictions", "{message}")
         self.flushes_requested = meter.create_counter("memstream.flushes.requested", "{flush}")
         self.flushes_completed = meter.create_counter("memstream.flushes.completed", "{flush}")
-        self.apply_latency = meter.create_histogram("memstream.apply.latency", "ms")
-        self.end_to_end_latency = meter.create_histogram("memstream.end_to_end.latency", "ms")
+        # Durations in seconds, as the semantic conventions ask.
+        self.apply_latency = meter.create_histogram("memstream.apply.duration", "s")
+        self.end_to_end_latency = meter.create_histogram("memstream.end_to_end.latency", "s")
         self.batch_size = meter.create_histogram("memstream.batch.size", "{event}")
         self.lock_contention = meter.create_counter("memstream.lock.contention", "{key}")
-        self.lock_wait = meter.create_histogram("memstream.lock.wait", "ms")
+        self.lock_wait = meter.create_histogram("memstream.lock.wait", "s")
         self._lag_sources: list[Callable[[], Mapping[tuple[str, int], int]]] = []
         meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
+
+    @classmethod
+    def from_environment(cls, *, prometheus: bool = False) -> Telemetry:
+        """Recording as ``OTEL_*`` configures it, or into the providers an SDK set globally
+        (``opentelemetry-instrument``); ``prometheus``: also for ``/metrics``
+        (consumers/otel_setup.py)."""
+        made = providers_from_environment(prometheus=prometheus)
+        return cls(
+            made.tracer_provider, made.meter_provider, prometheus=made.prometheus, owned=made.owned
+        )
+
+    def shutdown(self) -> None:
+        """Export what is buffered and stop the providers made here (not global ones)."""
+        if not self._owned:
+            return
+        for provider in (self.tracer_provider, self.meter_provider):
+            shutdown = getattr(provider, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
 
     def add_lag_source(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register a callable giving lag per (topic, partition), read at each collection."""

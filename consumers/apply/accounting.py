@@ -174,6 +174,7 @@ def record_metrics(telemetry: Telemetry, report: BatchReport, latency_ms: float)
         t.flushes_requested.add(report.flushes_requested)
     if report.oldest_event_ms < NEVER:
         # End-to-end latency of the batch's oldest event: the worst of the batch.
-        t.end_to_end_latency.record(max(time.time_ns() // 1_000_000 - report.oldest_event_ms, 0))
+        age_ms = max(time.time_ns() // 1_000_000 - report.oldest_event_ms, 0)
+        t.end_to_end_latency.record(age_ms / 1000)
     t.batch_size.record(report.records)
-    t.apply_latency.record(latency_ms)
+    t.apply_latency.record(latency_ms / 1000)

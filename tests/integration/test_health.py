@@ -14,10 +14,12 @@ import pytest
 from temporalio.client import Client
 
 import consumers.dispatcher
-from consumers.bootstrap import App
+from consumers.bootstrap import App, build_app
 from consumers.health import HealthServer
 from consumers.runner import Runner
 from consumers.settings import Settings
+from memory_core import AsyncSafeMemoryInstance, Role
+from memory_core import WriteOutcomeStatus as Status
 from tests.integration.test_runner import PoisonedDispatcher, Process
 from tests.ports import free_port_block
 
@@ -130,3 +132,36 @@ async def test_healthz_fails_once_a_role_died(
     finally:
         await runner.stop()
         await server.stop()
+
+
+async def test_metrics_on_the_health_port_show_what_was_applied(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port_block(1)
+    settings = pipeline_settings.model_copy(update={"health_port": port})
+    process = Process(settings, tmp_path / "run.log")
+    await process.start("--roles", "apply")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await _until(f"{base}/readyz", 200, process)
+        async with build_app(settings) as app:
+            memory = AsyncSafeMemoryInstance(
+                "agent:a1:user:metrics", app.catalog.config("chat"), store=app.store,
+                publisher=app.producer,
+            )  # fmt: skip
+            for i in range(3):
+                assert (await memory.append(Role.USER, f"m{i}")).status is Status.APPLIED
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            reply = await client.get(f"{base}/metrics")
+        assert reply.status_code == 200
+        assert reply.headers["content-type"].startswith("text/plain")
+        text = reply.text
+        applied = [
+            line for line in text.splitlines()
+            if line.startswith("memstream_events_applied") and 'memory_id="chat"' in line
+        ]  # fmt: skip
+        assert applied and float(applied[0].rsplit(" ", 1)[1]) == 3.0, text[:2000]
+        assert "memstream_apply_duration_seconds_bucket" in text
+        assert 'service_name="memstream"' in text  # the resource, as target_info
+    finally:
+        assert await process.stop() == 0
