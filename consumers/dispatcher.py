@@ -175,10 +175,16 @@ class FlushDispatcher(Component):
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 )
             self.started += 1
+            self.telemetry.flushes_started.add(1)
         except WorkflowAlreadyStartedError:
             # This flush already completed: the duplicate command collapses into it. A running
             # one is returned as is (USE_EXISTING); a failed, timed-out or terminated one runs
             # again, so a flush requested again after a failure is not lost.
             self.duplicates += 1
+            self.telemetry.flushes_collapsed.add(1)
+        except Exception:
+            # Temporal refused or is unreachable: the command is retried (not committed).
+            self.telemetry.flush_dispatch_failures.add(1)
+            raise
         finally:
             otel_context.detach(token)

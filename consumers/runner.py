@@ -77,6 +77,7 @@ class Runner(Component):
     async def start(self) -> None:
         """Create topics if missing, wait for Temporal if a role needs it, start every role."""
         settings, app = self.app.settings, self.app
+        app.telemetry.add_role_source(self.live_roles)
         await ensure_topics(settings)
         if self._temporal is None and {"dispatch", "worker"} & set(self.roles):
             self._temporal = await connect_temporal(settings, app.telemetry)
@@ -198,6 +199,7 @@ class Runner(Component):
     async def stop(self) -> None:
         """Signal every role to stop; each finishes its in-flight batch first."""
         self._stop.set()
+        self.app.telemetry.remove_role_source(self.live_roles)
         tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout_s)

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     stack_redis_cluster_port: int = 17000
     # The local stack's Confluent-compatible schema registry (Apicurio Registry).
     stack_schema_registry_port: int = 18085
+    # The local stack's Prometheus.
+    stack_prometheus_port: int = 19090
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None

@@ -84,8 +84,27 @@ class Telemetry:
         self.batch_size = meter.create_histogram("memstream.batch.size", "{event}")
         self.lock_contention = meter.create_counter("memstream.lock.contention", "{key}")
         self.lock_wait = meter.create_histogram("memstream.lock.wait", "s")
+        # Writes Redis refused (fenced: a newer partition owner; locked, lock_lost, conflict).
+        self.events_refused = meter.create_counter("memstream.writes.refused", "{memory}")
+        self.flushes_started = meter.create_counter("memstream.flushes.started", "{flush}")
+        self.flushes_collapsed = meter.create_counter("memstream.flushes.collapsed", "{flush}")
+        self.flush_dispatch_failures = meter.create_counter(
+            "memstream.flushes.dispatch_failures", "{flush}"
+        )
+        # Counters of failures start at 0, so a dashboard's rate() and an alert see a series
+        # (0, not "no data") before the first failure.
+        for zero in (
+            self.events_dead_lettered,
+            self.events_deduplicated,
+            self.flushes_started,
+            self.flush_dispatch_failures,
+        ):
+            zero.add(0)
+        self.events_refused.add(0, {"status": "fenced"})
         self._lag_sources: list[Callable[[], Mapping[tuple[str, int], int]]] = []
+        self._role_sources: list[Callable[[], Mapping[str, bool]]] = []
         meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
+        meter.create_observable_gauge("memstream.role.up", [self._observe_roles], "1")
 
     @classmethod
     def from_environment(cls, *, prometheus: bool = False) -> Telemetry:
@@ -109,6 +128,20 @@ class Telemetry:
     def add_lag_source(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
         """Register a callable giving lag per (topic, partition), read at each collection."""
         self._lag_sources.append(source)
+
+    def add_role_source(self, source: Callable[[], Mapping[str, bool]]) -> None:
+        """Register a callable giving each role's liveness (1 up, 0 down at collection)."""
+        self._role_sources.append(source)
+
+    def remove_role_source(self, source: Callable[[], Mapping[str, bool]]) -> None:
+        """Stop observing ``source`` (a runner that stopped)."""
+        if source in self._role_sources:
+            self._role_sources.remove(source)
+
+    def _observe_roles(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for source in self._role_sources:
+            for role, up in source().items():
+                yield Observation(1 if up else 0, {"role": role})
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         for source in self._lag_sources:

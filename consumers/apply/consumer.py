@@ -422,6 +422,7 @@ class ApplyConsumer(Component):
                 return
 
     def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
+        self.telemetry.events_refused.add(1, {"status": outcome.status.value})
         if outcome.status is WriteStatus.FENCED:
             # A newer owner of this partition exists: we are a zombie for it.
             log.warning("partition %s fenced on %s (%s)", tp, outcome.memory_key, outcome.detail)

@@ -11,6 +11,7 @@ from consumers.stack import locks
 from consumers.stack.errors import StackError
 from consumers.stack.kafka import KafkaService
 from consumers.stack.process import clean_stale, live_pid, read_pid, spawn, terminate
+from consumers.stack.prometheus import PrometheusService
 from consumers.stack.ready import tcp_open, wait_ready
 from consumers.stack.redis_server import (
     RedisService,
@@ -39,6 +40,7 @@ class LocalStack:
             RedisTlsService(settings),
             TemporalService(settings),
             SchemaRegistryService(settings),
+            PrometheusService(settings),
             *cluster_nodes(settings),
         )
         self._settings = settings

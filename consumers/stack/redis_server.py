@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import redis.asyncio as aioredis
 
 from consumers.settings import Settings
 from consumers.stack.errors import StackError
+from consumers.stack.packages import find_or_install
 from consumers.stack.secure import REDIS_USER, SecureAccess
 from consumers.stack.service import HOST, Service
 
@@ -24,26 +23,7 @@ _HINT = (
 
 def find_redis_server() -> Path:
     """The ``redis-server`` binary, installed with apt-get when running as root on Debian."""
-    found = shutil.which("redis-server")
-    if found:
-        return Path(found)
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise StackError(f"redis-server not found: {_HINT}")
-    print("redis-server not found: running apt-get install -y redis-server", file=sys.stderr)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        [apt, "update"],
-        [apt, "install", "-y", "--no-install-recommends", "redis-server"],
-    ):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            raise StackError(f"{' '.join(argv[1:])} failed ({'; '.join(tail)}): {_HINT}")
-    found = shutil.which("redis-server")
-    if not found:
-        raise StackError(f"redis-server still missing after apt-get install: {_HINT}")
-    return Path(found)
+    return find_or_install("redis-server", "redis-server", _HINT)
 
 
 class _RedisServer(Service):
