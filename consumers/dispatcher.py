@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -18,7 +19,7 @@ from consumers.connections import kafka_consumer, kafka_producer
 from consumers.deadletter import dead_letter_headers
 from consumers.lifecycle import Component, run_steps
 from consumers.settings import Settings
-from consumers.telemetry import Telemetry, extract_context
+from consumers.telemetry import Telemetry, consumer_attributes, extract_context
 from memory_core import DeadLetterReason
 from memory_core.temporal import FlushInput, FlushMemory
 from schemas import FLUSH_COMMAND, AvroCodec, DecodeError, UnknownSchemaError
@@ -163,8 +164,14 @@ class FlushDispatcher(Component):
         wf_id = request.workflow_id
         token = otel_context.attach(extract_context(headers))
         try:
+            tp = TopicPartition(rec.topic, rec.partition)
             with self.telemetry.tracer.start_as_current_span(
-                "memstream.dispatch", attributes={"memstream.flush_seq": request.flush_seq}
+                "memstream.dispatch",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    **consumer_attributes(tp, self.settings.dispatcher_group, rec.offset, 1),
+                    "memstream.flush_seq": request.flush_seq,
+                },
             ):
                 await self.client.start_workflow(
                     FlushMemory.run,

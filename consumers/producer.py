@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
+from opentelemetry.trace import SpanKind
 
 from consumers.catalog import MemoryCatalog
 from consumers.connections import kafka_producer
@@ -14,7 +15,7 @@ from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelop
 from consumers.generations import Generation, topic_sealed
 from consumers.lifecycle import Component
 from consumers.settings import Settings
-from consumers.telemetry import Telemetry, inject_headers
+from consumers.telemetry import Telemetry, inject_headers, producer_attributes
 from memory_core import Draft, MemstreamError, Message, Published, SystemClock, validate_memory_key
 from schemas import MEMORY_EVENT, AvroCodec
 
@@ -96,8 +97,13 @@ class MemoryProducer(Component):
         key = memory_key.encode()
         values = [self._codec.encode(MEMORY_EVENT, r) for r in records]
         with self._telemetry.tracer.start_as_current_span(
-            "memstream.publish", attributes={"memstream.events": len(records)}
-        ):
+            "memstream.publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **producer_attributes(self.topic, len(records)),
+                "memstream.events": len(records),
+            },
+        ) as span:
             headers = inject_headers()
             landed = await self._send(key, values, headers)
             refused = [i for i, r in enumerate(landed) if isinstance(r, BaseException)]
@@ -112,6 +118,9 @@ class MemoryProducer(Component):
                     again = await self._send(key, [values[i] for i in refused], headers)
                     for i, resent in zip(refused, again, strict=True):
                         landed[i] = resent
+            first = landed[0] if landed else None
+            if isinstance(first, tuple):
+                span.set_attribute("messaging.destination.partition.id", str(first[1]))
         out: list[Published] = []
         for record, result in zip(records, landed, strict=True):
             if isinstance(result, BaseException):

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     stack_schema_registry_port: int = 18085
     # The local stack's Prometheus.
     stack_prometheus_port: int = 19090
+    # The local stack's Jaeger: OTLP gRPC on this port, OTLP HTTP on the next; query API.
+    stack_jaeger_otlp_port: int = 14317
+    stack_jaeger_query_port: int = 16686
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from aiokafka.structs import TopicPartition
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -47,6 +48,35 @@ def sampled_link(headers: Headers | None) -> Link | None:
             ctx = get_current_span(extract_context(headers)).get_span_context()
             return Link(ctx) if ctx.is_valid else None
     return None
+
+
+def consumer_attributes(
+    tp: TopicPartition, group: str, offset: int, count: int
+) -> dict[str, str | int]:
+    """The OpenTelemetry messaging attributes of a span processing Kafka records."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": tp.topic,
+        "messaging.destination.partition.id": str(tp.partition),
+        "messaging.kafka.offset": offset,
+        "messaging.batch.message_count": count,
+    }
+    if group:
+        attributes["messaging.consumer.group.name"] = group
+    return attributes
+
+
+def producer_attributes(topic: str, count: int) -> dict[str, str | int]:
+    """The OpenTelemetry messaging attributes of a span sending Kafka records."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": topic,
+        "messaging.batch.message_count": count,
+    }
 
 
 class Telemetry:

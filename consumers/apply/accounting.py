@@ -8,10 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from aiokafka.structs import TopicPartition
+from opentelemetry.trace import SpanKind
 
 from consumers.apply.decoding import KeyWork
 from consumers.apply.outputs import BatchOutputs
-from consumers.telemetry import Telemetry, extract_context, sampled_link
+from consumers.telemetry import Telemetry, consumer_attributes, extract_context, sampled_link
 from memory_core import MessageAppended, Outcome
 from memory_core.redis import KeyOutcome
 
@@ -76,6 +77,7 @@ def account(
     report: BatchReport,
     outputs: BatchOutputs,
     telemetry: Telemetry,
+    group: str = "",
 ) -> None:
     """Record an applied memory's outcome: counts, rejections to dead-letter, flush commands.
 
@@ -95,7 +97,9 @@ def account(
             "memstream.apply",
             context=extract_context(traced[0][0].headers),
             links=[link for _, link in traced[1:]],
+            kind=SpanKind.CONSUMER,
             attributes={
+                **consumer_attributes(w.partition, group, w.records[0].offset, len(w.events)),
                 "memstream.memory_id": w.memory_id,
                 "memstream.events": len(w.events),
                 "memstream.flushes_requested": len(result.flush_requests),

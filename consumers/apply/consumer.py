@@ -364,6 +364,7 @@ class ApplyConsumer(Component):
 
         outputs = BatchOutputs(self.settings, self.codec)
         failed: set[TopicPartition] = set()
+        group = consumer_group(self.settings, self.generation) if self.generation else ""
         for part, outcomes in results:
             for outcome in outcomes:
                 w = part[outcome.memory_key]
@@ -371,7 +372,7 @@ class ApplyConsumer(Component):
                     failed.add(w.partition)
                     self._refused(w.partition, outcome)
                     continue
-                account(outcome, w, report, outputs, self.telemetry)
+                account(outcome, w, report, outputs, self.telemetry, group)
         for rec, reason, detail, extra in batch.dead:
             outputs.dead_letter(rec, reason, detail, extra)
             report.dead_lettered += 1

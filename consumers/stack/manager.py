@@ -9,6 +9,7 @@ from collections.abc import Callable
 from consumers.settings import Settings
 from consumers.stack import locks
 from consumers.stack.errors import StackError
+from consumers.stack.jaeger import JaegerService
 from consumers.stack.kafka import KafkaService
 from consumers.stack.process import clean_stale, live_pid, read_pid, spawn, terminate
 from consumers.stack.prometheus import PrometheusService
@@ -41,6 +42,7 @@ class LocalStack:
             TemporalService(settings),
             SchemaRegistryService(settings),
             PrometheusService(settings),
+            JaegerService(settings),
             *cluster_nodes(settings),
         )
         self._settings = settings

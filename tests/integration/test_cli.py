@@ -68,7 +68,10 @@ def _key() -> str:
 def test_stack_status_reports_every_service_up(stack: Settings) -> None:
     statuses = LocalStack(stack, echo=lambda _line: None).status()
     cluster = [f"redis-cluster-{i}" for i in range(6)]
-    expected = ["kafka", "redis", "redis-tls", "temporal", "schema-registry", *cluster]
+    expected = [
+        "kafka", "redis", "redis-tls", "temporal", "schema-registry", "prometheus", "jaeger",
+        *cluster,
+    ]  # fmt: skip
     assert [s.name for s in statuses] == expected
     result = CliRunner().invoke(app, ["stack", "status"])
     assert result.exit_code == 0, result.output

@@ -34,7 +34,8 @@ async def test_up_leaves_every_service_answering_where_settings_point(
     statuses = _by_name(await stack.status_async())
 
     cluster = {f"redis-cluster-{i}" for i in range(6)}
-    assert set(statuses) == {"kafka", "redis", "redis-tls", "temporal", "schema-registry"} | cluster
+    services = {"kafka", "redis", "redis-tls", "temporal", "schema-registry", "prometheus"}
+    assert set(statuses) == services | {"jaeger"} | cluster
     assert all(status.up for status in statuses.values()), statuses
     assert statuses["kafka"].endpoint.endswith(f":{settings.kafka_port}")
     assert statuses["redis"].endpoint.endswith(f":{settings.redis_port}")
@@ -61,6 +62,8 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         stack_redis_tls_port=4,
         stack_schema_registry_port=5,
         stack_redis_cluster_port=6,
+        stack_prometheus_port=12,
+        stack_jaeger_query_port=13,
     )
 
     statuses = await LocalStack(unused).status_async()
@@ -71,5 +74,7 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         ("redis-tls", False, None),
         ("temporal", False, None),
         ("schema-registry", False, None),
+        ("prometheus", False, None),
+        ("jaeger", False, None),
         *((f"redis-cluster-{i}", False, None) for i in range(6)),
     ]
