@@ -458,8 +458,30 @@ def demo(
 
     _logging(False)
     tune_gc()
-    code = asyncio.run(run_demo(Settings(), agents=agents, users=users, turns=turns))
+    settings = Settings()
+    traces = _demo_traces(settings)
+    code = asyncio.run(run_demo(settings, agents=agents, users=users, turns=turns))
+    if traces is not None:
+        typer.echo(f"traces of this run: {traces}")
     raise typer.Exit(code)
+
+
+def _demo_traces(settings: Settings) -> str | None:
+    """Point the demo's OTLP export at the local stack's Jaeger when nothing else is
+    configured and it answers; returns where to look (None when not exporting there)."""
+    import os
+
+    from consumers.stack.jaeger import JaegerService
+
+    if any(name.startswith("OTEL_") and "EXPORTER" in name for name in os.environ):
+        return None
+    jaeger = JaegerService(settings)
+    if not asyncio.run(jaeger.probe()):
+        return None
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_http
+    os.environ.setdefault("OTEL_SERVICE_NAME", "memstream-demo")
+    service = os.environ["OTEL_SERVICE_NAME"]
+    return f"{jaeger.endpoint}/api/traces?service={service} (Jaeger's query API)"
 
 
 @app.command("verify")
