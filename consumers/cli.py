@@ -563,6 +563,8 @@ def main() -> None:
         # A failed connection is described once, by the handler below; aiokafka would also
         # log each attempt. `run` keeps its logs (they go to the operator's log pipeline).
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # Nor asyncio's "exception was never retrieved" for a connection aiokafka dropped.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         app(standalone_mode=True)
     except Exception as exc:
