@@ -478,7 +478,8 @@ def _demo_traces(settings: Settings) -> str | None:
     jaeger = JaegerService(settings)
     if not asyncio.run(jaeger.probe()):
         return None
-    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_http
+    # Traces only: Jaeger takes no metrics.
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{jaeger.otlp_http}/v1/traces"
     os.environ.setdefault("OTEL_SERVICE_NAME", "memstream-demo")
     service = os.environ["OTEL_SERVICE_NAME"]
     return f"{jaeger.endpoint}/api/traces?service={service} (Jaeger's query API)"

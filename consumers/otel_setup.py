@@ -53,6 +53,8 @@ class Providers:
 
 
 def _chosen(env: Mapping[str, str], signal: str, allowed: set[str]) -> list[str]:
+    """The exporters named for ``signal`` (traces, metrics); unnamed: OTLP when an endpoint
+    for it (or for every signal) is set, else none."""
     raw = env.get(f"OTEL_{signal.upper()}_EXPORTER")
     if raw is None:
         endpoint = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or env.get(

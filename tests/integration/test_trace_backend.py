@@ -46,7 +46,8 @@ async def test_a_complete_trace_reaches_jaeger(
     jaeger = JaegerService(stack)
     service = f"memstream-test-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("OTEL_SERVICE_NAME", service)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_http)
+    # Traces only (Jaeger takes no metrics): the signal's own endpoint, a full URL.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{jaeger.otlp_http}/v1/traces")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
     telemetry = Telemetry.from_environment()
     async with build_app(pipeline_settings, telemetry) as app:

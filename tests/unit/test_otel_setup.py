@@ -81,3 +81,11 @@ print("global")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "global", done.stderr
+
+
+def test_a_traces_endpoint_exports_traces_only() -> None:
+    made = providers_from_environment(
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:14318/v1/traces"}
+    )
+    assert _kinds(made.span_exporters) == ["http.OTLPSpanExporter"]
+    assert made.metric_readers == []
