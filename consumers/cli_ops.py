@@ -94,6 +94,7 @@ def partition(key: Annotated[str, typer.Argument(help="Memory key")]) -> None:
     """Print the home partition of a memory key in the active generation."""
     from consumers.generations import active_generation
     from memory_core import validate_memory_key
+    from memory_core.privacy import key_digest
 
     settings = Settings()
     try:
@@ -104,7 +105,7 @@ def partition(key: Annotated[str, typer.Argument(help="Memory key")]) -> None:
     gen = _run(lambda: active_generation(settings, create=False))
     typer.echo(
         f"{gen.home(key.encode())}  ({gen.topic}, generation {gen.number}: "
-        f"murmur2 mod {gen.partitions})"
+        f"murmur2 mod {gen.partitions}; logged as {key_digest(key)})"
     )
 
 

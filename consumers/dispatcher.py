@@ -160,6 +160,7 @@ class FlushDispatcher(Component):
             command["flush_seq"],
             source_offset=command["source_offset"],
             namespace=self.settings.key_prefix,
+            show_key=self.settings.telemetry_show_keys,
         )
         wf_id = request.workflow_id
         token = otel_context.attach(extract_context(headers))

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     # /readyz fails while an apply partition's lag (records) is above this, when set.
     ready_max_lag: int | None = None
 
+    # Memory keys embed user ids: logs and workflow ids show a digest of them (`memstream
+    # partition KEY` prints it) unless this is set.
+    telemetry_show_keys: bool = False
+
     key_prefix: str = "memstream"
     memories_file: Path = Path("memories.yaml")
 

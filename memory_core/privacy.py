@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
 from memory_core.config import PrivacyConfig
 from memory_core.models import Draft, Role, ToolCall
 from memory_core.values import replace
+
+
+def key_digest(memory_key: str) -> str:
+    """A stable stand-in for a memory key where keys must not show (logs, workflow ids):
+    ``k`` and 16 hex digits of its SHA-256 (``memstream partition KEY`` prints it)."""
+    return "k" + hashlib.sha256(memory_key.encode()).hexdigest()[:16]
+
+
+def shown_key(memory_key: str, show: bool) -> str:
+    """``memory_key`` itself when keys may show, else its digest."""
+    return memory_key if show else key_digest(memory_key)
 
 
 class PrivacyPolicy:

@@ -32,6 +32,7 @@ from consumers.lifecycle import BatchCollection, Component, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import MemstreamError
+from memory_core.privacy import shown_key
 from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
 from schemas import AvroCodec
 
@@ -122,7 +123,9 @@ class ApplyConsumer(Component):
         self.telemetry.add_lag_source(self.lag)
 
     async def _join(self, gen: Generation) -> None:
-        self._decoder = Decoder(self.codec, self.catalog, gen)
+        self._decoder = Decoder(
+            self.codec, self.catalog, gen, show_keys=self.settings.telemetry_show_keys
+        )
         self._checked_generation_at = time.monotonic()
         consumer = kafka_consumer(
             self.settings,
@@ -426,11 +429,13 @@ class ApplyConsumer(Component):
         self.telemetry.events_refused.add(1, {"status": outcome.status.value})
         if outcome.status is WriteStatus.FENCED:
             # A newer owner of this partition exists: we are a zombie for it.
-            log.warning("partition %s fenced on %s (%s)", tp, outcome.memory_key, outcome.detail)
+            key = shown_key(outcome.memory_key, self.settings.telemetry_show_keys)
+            log.warning("partition %s fenced on %s (%s)", tp, key, outcome.detail)
             self._fenced.add(tp)
             # Stop fetching it; the rebalance that gave it away will take it from us.
             if self._consumer is not None:
                 self._consumer.pause(tp)
         else:
             self.telemetry.lock_contention.add(1, {"status": outcome.status.value})
-            log.info("memory %s refused (%s); retrying", outcome.memory_key, outcome.status)
+            key = shown_key(outcome.memory_key, self.settings.telemetry_show_keys)
+            log.info("memory %s refused (%s); retrying", key, outcome.status)

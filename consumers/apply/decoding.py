@@ -15,6 +15,7 @@ from consumers.deadletter import HOME_PARTITION, HOME_TOPIC
 from consumers.events import to_domain
 from consumers.generations import Generation
 from memory_core import DeadLetterReason, LoggedEvent, RejectedEventError
+from memory_core.privacy import shown_key
 from schemas import MEMORY_EVENT, AvroCodec, DecodeError, UnknownSchemaError
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,18 @@ def _tp(rec: Record) -> TopicPartition:
 class Decoder:
     """Decodes records into per-memory work in log order; what can never apply is dead."""
 
-    def __init__(self, codec: AvroCodec, catalog: MemoryCatalog, generation: Generation) -> None:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        catalog: MemoryCatalog,
+        generation: Generation,
+        *,
+        show_keys: bool = False,
+    ) -> None:
         self.codec = codec
         self.catalog = catalog
         self.generation = generation
+        self.show_keys = show_keys  # in logs; else their digests
         self._warned: set[bytes] = set()
 
     async def decode(
@@ -129,10 +138,10 @@ class Decoder:
                 self._warned.clear()
             self._warned.add(key)
             log.warning(
-                "records of memory %r arrive on %s[%d], its home is partition %d of "
+                "records of memory %s arrive on %s[%d], its home is partition %d of "
                 "generation %d: dead-lettered as wrong_partition (a producer not using "
                 "murmur2, or the topic grown by hand; see the README's Operations)",
-                key.decode("utf-8", "replace"),
+                shown_key(key.decode("utf-8", "replace"), self.show_keys),
                 rec.topic,
                 rec.partition,
                 home,

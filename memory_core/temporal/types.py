@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memory_core.privacy import shown_key
+
 
 @dataclass
 class FlushInput:
@@ -19,11 +21,16 @@ class FlushInput:
     flush_seq: int
     source_offset: int = -1
     namespace: str = "memstream"
+    # Whether the memory key itself may appear in the workflow id (else its digest).
+    show_key: bool = False
 
     @property
     def workflow_id(self) -> str:
         """The FlushMemory workflow id (also the MemoryFlushed event id)."""
-        return workflow_id(self.memory_key, self.flush_seq, self.source_offset, self.namespace)
+        return workflow_id(
+            self.memory_key, self.flush_seq, self.source_offset, self.namespace,
+            show_key=self.show_key,
+        )  # fmt: skip
 
 
 @dataclass
@@ -39,7 +46,13 @@ class FlushOutput:
 
 
 def workflow_id(
-    memory_key: str, flush_seq: int, source_offset: int = -1, namespace: str = "memstream"
+    memory_key: str,
+    flush_seq: int,
+    source_offset: int = -1,
+    namespace: str = "memstream",
+    *,
+    show_key: bool = False,
 ) -> str:
-    """The FlushMemory workflow id: every duplicate of one flush request shares it."""
-    return f"flush:{namespace}:{memory_key}:{flush_seq}@{source_offset}"
+    """The FlushMemory workflow id: every duplicate of one flush request shares it. Memory
+    keys embed user ids, so the id carries the key's digest unless ``show_key``."""
+    return f"flush:{namespace}:{shown_key(memory_key, show_key)}:{flush_seq}@{source_offset}"

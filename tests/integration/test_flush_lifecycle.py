@@ -21,6 +21,7 @@ from consumers.events import FLUSHED
 from consumers.runner import Runner
 from consumers.settings import Settings
 from memory_core import AsyncSafeMemoryInstance, Category, Draft, Kind, Role, Snapshot
+from memory_core.privacy import key_digest
 from memory_core.temporal import UNKNOWN_MEMORY, FlushMemory, workflow_id
 from schemas import FLUSH_COMMAND, MEMORY_EVENT
 from tests.integration.test_ordering import read_topic
@@ -128,7 +129,9 @@ async def test_crossing_the_threshold_flushes_the_oldest_block_once_through_temp
 
     prefix = app.settings.key_prefix
     wf_id = workflow_id(memory.memory_key, 1, threshold_offset, prefix)
-    assert wf_id == f"flush:{prefix}:{memory.memory_key}:1@{threshold_offset}"
+    # The key's digest, not the key (it embeds a user id).
+    assert wf_id == f"flush:{prefix}:{key_digest(memory.memory_key)}:1@{threshold_offset}"
+    assert memory.memory_key not in wf_id
     handle = temporal_client.get_workflow_handle_for(FlushMemory.run, wf_id)
     output = await handle.result()
     assert (await handle.describe()).status is WorkflowExecutionStatus.COMPLETED

@@ -131,3 +131,16 @@ def test_without_patterns_a_draft_is_returned_as_it_is() -> None:
 def test_a_custom_marker_replaces_each_match() -> None:
     policy = PrivacyPolicy(PrivacyConfig(redact_patterns=(r"secret\d+",), redaction="***"))
     assert policy.redact("a secret1 and secret22") == "a *** and ***"
+
+
+def test_a_key_digest_is_stable_short_and_hides_the_key() -> None:
+    from memory_core.privacy import key_digest, shown_key
+    from memory_core.temporal import workflow_id
+
+    key = "agent:a1:user:alice@example.com"
+    digest = key_digest(key)
+    assert digest == key_digest(key) and digest != key_digest(key + "x")
+    assert digest.startswith("k") and len(digest) == 17 and "alice" not in digest
+    assert shown_key(key, True) == key and shown_key(key, False) == digest
+    assert workflow_id(key, 3, 41, "ns") == f"flush:ns:{digest}:3@41"
+    assert workflow_id(key, 3, 41, "ns", show_key=True) == f"flush:ns:{key}:3@41"
