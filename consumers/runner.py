@@ -234,6 +234,7 @@ class Runner(Component):
 
     async def _work(self, client: Client) -> None:
         """The worker role: polls until stopped; a worker ended by an outage is replaced."""
+        from consumers.flush_metrics import FlushMetrics
         from memory_core.temporal import create_worker
 
         settings = self.app.settings
@@ -242,6 +243,7 @@ class Runner(Component):
                 client,
                 task_queue=settings.temporal_task_queue,
                 activities=self.app.flush_activities(),
+                interceptors=[FlushMetrics(self.app.telemetry)],
             )
             self.worker = worker
             running = asyncio.create_task(worker.run(), name="memstream-temporal-worker")

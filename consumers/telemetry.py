@@ -121,6 +121,10 @@ class Telemetry:
         self.flush_dispatch_failures = meter.create_counter(
             "memstream.flushes.dispatch_failures", "{flush}"
         )
+        # The worker's flush activity (consumers/flush_metrics.py).
+        self.flush_duration = meter.create_histogram("memstream.flush.duration", "s")
+        self.flush_failures = meter.create_counter("memstream.flush.failures", "{attempt}")
+        self.flush_retries = meter.create_counter("memstream.flush.retries", "{attempt}")
         # Counters of failures start at 0, so a dashboard's rate() and an alert see a series
         # (0, not "no data") before the first failure.
         for zero in (
@@ -128,10 +132,14 @@ class Telemetry:
             self.events_deduplicated,
             self.flushes_started,
             self.flush_dispatch_failures,
+            self.flush_failures,
+            self.flush_retries,
         ):
             zero.add(0)
         self.events_refused.add(0, {"status": "fenced"})
-        self._lag_sources: list[Callable[[], Mapping[tuple[str, int], int]]] = []
+        self._lag_sources: list[
+            tuple[Callable[[], Mapping[tuple[str, int], int]], Callable[[], str]]
+        ] = []
         self._role_sources: list[Callable[[], Mapping[str, bool]]] = []
         meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
         meter.create_observable_gauge("memstream.role.up", [self._observe_roles], "1")
@@ -155,9 +163,14 @@ class Telemetry:
             if shutdown is not None:
                 shutdown()
 
-    def add_lag_source(self, source: Callable[[], Mapping[tuple[str, int], int]]) -> None:
-        """Register a callable giving lag per (topic, partition), read at each collection."""
-        self._lag_sources.append(source)
+    def add_lag_source(
+        self,
+        source: Callable[[], Mapping[tuple[str, int], int]],
+        group: Callable[[], str] = lambda: "",
+    ) -> None:
+        """Register a callable giving lag per (topic, partition), read at each collection,
+        and one giving its consumer group."""
+        self._lag_sources.append((source, group))
 
     def add_role_source(self, source: Callable[[], Mapping[str, bool]]) -> None:
         """Register a callable giving each role's liveness (1 up, 0 down at collection)."""
@@ -174,6 +187,7 @@ class Telemetry:
                 yield Observation(1 if up else 0, {"role": role})
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
-        for source in self._lag_sources:
+        for source, group in self._lag_sources:
+            name = group()
             for (topic, partition), lag in source().items():
-                yield Observation(lag, {"topic": topic, "partition": partition})
+                yield Observation(lag, {"topic": topic, "partition": partition, "group": name})

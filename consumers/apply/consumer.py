@@ -120,7 +120,7 @@ class ApplyConsumer(Component):
             await _started(producer)
             self._producer = producer
         await self._join(gen)
-        self.telemetry.add_lag_source(self.lag)
+        self.telemetry.add_lag_source(self.lag, self.group)
 
     async def _join(self, gen: Generation) -> None:
         self._decoder = Decoder(
@@ -254,6 +254,10 @@ class ApplyConsumer(Component):
             await self.store.release(self.owner)
         self.store.forget()
 
+    def group(self) -> str:
+        """The consumer group of the generation consumed ("" before ``start``)."""
+        return consumer_group(self.settings, self.generation) if self.generation else ""
+
     @property
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions the group gave this consumer (empty before it joined)."""
@@ -367,7 +371,7 @@ class ApplyConsumer(Component):
 
         outputs = BatchOutputs(self.settings, self.codec)
         failed: set[TopicPartition] = set()
-        group = consumer_group(self.settings, self.generation) if self.generation else ""
+        group = self.group()
         for part, outcomes in results:
             for outcome in outcomes:
                 w = part[outcome.memory_key]
