@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from consumers.settings import Settings
 from consumers.stack import locks
@@ -32,10 +32,16 @@ class LocalStack:
     event loop, await the twins instead.
     """
 
-    def __init__(self, settings: Settings, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        echo: Callable[[str], None] = print,
+        only: Collection[str] | None = None,
+    ) -> None:
         self._echo = echo
         self._lock_path = settings.stack_dir / ".lock"
-        self._services: tuple[Service, ...] = (
+        everything: tuple[Service, ...] = (
             KafkaService(settings),
             RedisService(settings),
             RedisTlsService(settings),
@@ -45,6 +51,9 @@ class LocalStack:
             JaegerService(settings),
             *cluster_nodes(settings),
         )
+        # ``only``: a subset by name (a test's own Kafka, Redis and Temporal, say).
+        self._services = tuple(s for s in everything if only is None or s.name in only)
+        self._cluster = any(s.name.startswith("redis-cluster-") for s in self._services)
         self._settings = settings
 
     def up(self) -> list[ServiceStatus]:
@@ -80,10 +89,11 @@ class LocalStack:
                 statuses.append(result)
         if failures:
             raise StackError("\n".join(failures))
-        try:
-            await form_cluster(self._settings)
-        except StackError as exc:
-            raise StackError(f"redis-cluster: {exc}") from None
+        if self._cluster:
+            try:
+                await form_cluster(self._settings)
+            except StackError as exc:
+                raise StackError(f"redis-cluster: {exc}") from None
         return statuses
 
     async def down_async(self) -> list[ServiceStatus]:
