@@ -140,19 +140,25 @@ def encodings_install(
         typer.echo(f"{name}: {path}")
 
 
-def _stack(settings: Settings) -> Any:
+def _stack(settings: Settings, only: set[str] | None = None) -> Any:
     from consumers.stack import LocalStack
 
-    return LocalStack(settings, echo=typer.echo)
+    return LocalStack(settings, echo=typer.echo, only=only)
 
 
 @stack_app.command("up")
-def stack_up() -> None:
-    """Start Kafka, Redis and Temporal locally (idempotent); wait until each answers."""
+def stack_up(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated services to start (e.g. kafka,redis,temporal)"),
+    ] = None,
+) -> None:
+    """Start the local services (idempotent); wait until each answers."""
     from consumers.stack import StackError
 
+    chosen = {n.strip() for n in only.split(",") if n.strip()} if only else None
     try:
-        statuses = _stack(Settings()).up()
+        statuses = _stack(Settings(), chosen).up()
     except StackError as exc:
         raise _fail(str(exc), 1) from None
     for status in statuses:

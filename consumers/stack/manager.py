@@ -51,8 +51,25 @@ class LocalStack:
             JaegerService(settings),
             *cluster_nodes(settings),
         )
-        # ``only``: a subset by name (a test's own Kafka, Redis and Temporal, say).
-        self._services = tuple(s for s in everything if only is None or s.name in only)
+        # ``only``: a subset by name (a test's own Kafka, Redis and Temporal, say);
+        # "redis-cluster" names its six nodes.
+        if only is not None:
+            names = {s.name for s in everything} | {"redis-cluster"}
+            unknown = sorted(set(only) - names)
+            if unknown:
+                raise StackError(
+                    f"unknown services {', '.join(unknown)}; choose from "
+                    f"{', '.join(sorted(n for n in names if not n[-1].isdigit()))}"
+                )
+
+        def chosen(service: Service) -> bool:
+            if only is None:
+                return True
+            return service.name in only or (
+                "redis-cluster" in only and service.name.startswith("redis-cluster-")
+            )
+
+        self._services = tuple(s for s in everything if chosen(s))
         self._cluster = any(s.name.startswith("redis-cluster-") for s in self._services)
         self._settings = settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consumers.settings import Settings
-from consumers.stack import LocalStack, ServiceStatus
+from consumers.stack import LocalStack, ServiceStatus, StackError
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +78,11 @@ async def test_status_reports_down_where_nothing_listens(tmp_path: Path) -> None
         ("jaeger", False, None),
         *((f"redis-cluster-{i}", False, None) for i in range(6)),
     ]
+
+
+async def test_only_chooses_services_by_name_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    settings = Settings(stack_dir=tmp_path)
+    statuses = await LocalStack(settings, only={"kafka", "redis-cluster"}).status_async()
+    assert [s.name for s in statuses] == ["kafka", *(f"redis-cluster-{i}" for i in range(6))]
+    with pytest.raises(StackError, match="unknown services nope; choose from jaeger, kafka"):
+        LocalStack(settings, only={"kafka", "nope"})
