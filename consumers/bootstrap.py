@@ -125,15 +125,12 @@ async def build_app(
 ) -> AsyncIterator[App]:
     """Build, start and (on exit) stop the shared adapters."""
     settings = settings or Settings()
-    if telemetry is None:
-        # As OTEL_* configures it (nothing exported unless asked); flushed on exit.
-        telemetry = Telemetry.from_environment()
-        made = telemetry
-    else:
-        made = None
+    own = telemetry is None
+    # As OTEL_* configures it (nothing exported unless asked); flushed on exit if made here.
+    telemetry = telemetry or Telemetry.from_environment()
     async with AsyncExitStack() as stack:
-        if made is not None:
-            stack.callback(made.shutdown)
+        if own:
+            stack.callback(telemetry.shutdown)
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         catalog = make_catalog(settings)

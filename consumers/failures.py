@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPart
 from pydantic import ValidationError
 from redis import exceptions as rx
 
+from consumers.connections import kafka_options
 from consumers.generations import MissingTopicError
 from consumers.settings import Settings, SettingsError
 from memory_core import (
@@ -175,8 +176,6 @@ async def diagnose_kafka(settings: Settings, timeout_s: float = 10.0) -> str:
     """Why no Kafka broker answered: unreachable, TLS refused or untrusted, login refused."""
     protocol = settings.kafka_security_protocol
     where = f"Kafka at {settings.kafka_bootstrap} ({protocol})"
-    from consumers.connections import kafka_options
-
     try:
         options = kafka_options(settings)
     except SettingsError as exc:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -16,6 +13,7 @@ from pathlib import Path
 from consumers.stack.errors import StackError
 from consumers.stack.kafka import find_java
 from consumers.stack.locks import locked
+from consumers.stack.maven import fetch_with_maven
 from consumers.stack.secure import SecureAccess
 from consumers.stack.service import HOST, Service
 
@@ -35,21 +33,14 @@ def ensure_apicurio(cache_dir: Path) -> Path:
     with locked(home / ".lock"):
         if complete.exists():
             return home / _RUNNER
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise StackError("mvn not found: install maven (Debian/Ubuntu: apt-get install maven)")
-        argv = [
-            mvn, "-B", "-q",
-            "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
-            f"-Dartifact={_ARTIFACT}", f"-DoutputDirectory={home}",
-        ]  # fmt: skip
-        done = subprocess.run([*argv, "-o"], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"downloading Apicurio Registry {APICURIO_VERSION}", file=sys.stderr)
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-                raise StackError(f"mvn could not fetch {_ARTIFACT}: {' | '.join(tail)}")
+        fetch_with_maven(
+            [
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+                f"-Dartifact={_ARTIFACT}",
+                f"-DoutputDirectory={home}",
+            ],
+            f"Apicurio Registry {APICURIO_VERSION}",
+        )
         archive = home / f"apicurio-registry-app-{APICURIO_VERSION}-all.zip"
         with zipfile.ZipFile(archive) as z:
             z.extractall(home)

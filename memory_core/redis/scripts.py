@@ -112,15 +112,17 @@ class ScriptRunner:
         """The server that holds ``key`` (the only one, without a cluster)."""
         if self._single is not None:
             return self._single
-        cluster = self.cluster
-        assert cluster is not None
-        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
-        return _Node(cluster, node)
+        assert self.cluster is not None
+        return _Node(self.cluster, self._cluster_node(key))
 
     def node_name(self, key: str) -> str:
         """A name of the server holding ``key``, to group calls by it."""
-        node = self.node_of(key).node
-        return "" if node is None else node.name
+        return "" if self.cluster is None else self._cluster_node(key).name
+
+    def _cluster_node(self, key: str) -> ClusterNode:
+        cluster = self.cluster
+        assert cluster is not None
+        return cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run one script."""

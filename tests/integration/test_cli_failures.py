@@ -3,9 +3,6 @@ one line on stderr saying what failed and what to do, a distinct exit code, no t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,8 +11,8 @@ import pytest
 from consumers.failures import ExitCode
 from consumers.generations import topic_partition_count
 from consumers.settings import Settings
+from tests.cli import failure_line, run_cli
 
-MEMSTREAM = Path(sys.executable).parent / "memstream"
 STOPPED_REDIS = {"MEMSTREAM_REDIS_URL": "redis://127.0.0.1:9/0"}
 STOPPED_KAFKA = {"MEMSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
 
@@ -33,20 +30,9 @@ memories:
 """
 
 
-def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
-    done = subprocess.run(
-        [str(MEMSTREAM), *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("memstream: ")]
-    assert len(lines) == 1, done.stderr
-    return done.returncode, lines[0]
+def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    done = run_cli(env, *args)
+    return done.returncode, failure_line(done, alone=False)
 
 
 @pytest.fixture

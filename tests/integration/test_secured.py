@@ -8,11 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from aiokafka.abc import AbstractTokenProvider
@@ -27,8 +23,7 @@ from consumers.settings import Settings
 from consumers.stack.secure import REDIS_USER, SecureAccess
 from consumers.topics import ensure_topics, topic_names
 from memory_core import AsyncSafeMemoryInstance, Kind, Role, WriteOutcomeStatus
-
-MEMSTREAM = Path(sys.executable).parent / "memstream"
+from tests.cli import failure_line, run_cli
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -134,25 +129,6 @@ async def test_the_plaintext_listener_settings_cannot_reach_the_secured_redis(
         await client.aclose()
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
-    return subprocess.run(
-        [str(MEMSTREAM), *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def _one_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("change", "code", "says"),
     [
@@ -182,8 +158,8 @@ def test_a_kafka_failure_is_one_line_naming_kafka(
     else:
         assert isinstance(change, dict)
         env.update(change)
-    done = _cli(env, "append", "agent:a1:user:err", "--content", "hello")
-    line = _one_line(done)
+    done = run_cli(env, "append", "agent:a1:user:err", "--content", "hello")
+    line = failure_line(done)
     assert done.returncode == code, line
     assert says in line
     assert line.startswith("memstream: Kafka" if code is ExitCode.KAFKA else "memstream: settings")
@@ -215,8 +191,8 @@ def test_a_redis_failure_is_one_line_naming_redis_and_show_needs_no_kafka(
             for name in ("CA_CERTS", "CERTFILE", "KEYFILE"):
                 env.pop(f"MEMSTREAM_REDIS_SSL_{name}")
         env.update(change)
-    done = _cli(env, "show", "agent:a1:user:err")
-    line = _one_line(done)
+    done = run_cli(env, "show", "agent:a1:user:err")
+    line = failure_line(done)
     assert done.returncode == ExitCode.REDIS, line
     assert line.startswith("memstream: Redis at ") and says in line
 
@@ -229,19 +205,19 @@ def test_show_over_the_secured_redis_works_while_kafka_is_down(
         "MEMSTREAM_MEMORIES_FILE": str(pipeline_settings.memories_file),
         "MEMSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9",
     }
-    done = _cli(env, "show", "agent:a1:user:nobody", "--json")
+    done = run_cli(env, "show", "agent:a1:user:nobody", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["messages"] == []
 
 
 def test_an_unknown_variable_is_an_error_naming_the_closest_setting() -> None:
-    done = _cli({"MEMSTREAM_KAFKA_SECURTY_PROTOCOL": "SASL_SSL"}, "show", "agent:a1:user:x")
-    line = _one_line(done)
+    done = run_cli({"MEMSTREAM_KAFKA_SECURTY_PROTOCOL": "SASL_SSL"}, "show", "agent:a1:user:x")
+    line = failure_line(done)
     assert done.returncode == ExitCode.SETTINGS
     assert "MEMSTREAM_KAFKA_SECURTY_PROTOCOL is not a memstream setting" in line
     assert "did you mean MEMSTREAM_KAFKA_SECURITY_PROTOCOL?" in line
 
 
 def test_debug_shows_the_traceback() -> None:
-    done = _cli({"MEMSTREAM_REDIS_URL": "redis://127.0.0.1:9/0"}, "show", "k:1", "--debug")
+    done = run_cli({"MEMSTREAM_REDIS_URL": "redis://127.0.0.1:9/0"}, "show", "k:1", "--debug")
     assert done.returncode != 0 and "Traceback" in done.stderr
