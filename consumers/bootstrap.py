@@ -154,7 +154,9 @@ async def build_app(
                 cache_bytes=settings.state_cache_mb << 20,
                 wait_replicas=settings.resolved_wait_replicas,
             ),
-            locks=RedisLockManager(redis, prefix=settings.key_prefix),
+            locks=RedisLockManager(
+                redis, prefix=settings.key_prefix, on_wait=telemetry.record_lock_wait
+            ),
             catalog=catalog,
             codec=codec,
             producer=producer,

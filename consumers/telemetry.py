@@ -68,6 +68,17 @@ def consumer_attributes(
     return attributes
 
 
+def redis_attributes(events: int, lock_wait_s: float) -> dict[str, str | int | float]:
+    """The attributes of a span writing a memory's events to Redis (``write.lua``)."""
+    return {
+        "db.system.name": "redis",
+        "db.system": "redis",  # the name before semantic conventions 1.26
+        "db.operation.name": "EVALSHA",
+        "memstream.events": events,
+        "memstream.lock.wait_s": lock_wait_s,
+    }
+
+
 def producer_attributes(topic: str, count: int) -> dict[str, str | int]:
     """The OpenTelemetry messaging attributes of a span sending Kafka records."""
     return {
@@ -112,8 +123,11 @@ class Telemetry:
         self.apply_latency = meter.create_histogram("memstream.apply.duration", "s")
         self.end_to_end_latency = meter.create_histogram("memstream.end_to_end.latency", "s")
         self.batch_size = meter.create_histogram("memstream.batch.size", "{event}")
-        self.lock_contention = meter.create_counter("memstream.lock.contention", "{key}")
+        # Memories whose lock another owner held when written, and how long each waited.
+        self.lock_contention = meter.create_counter("memstream.lock.contention", "{memory}")
         self.lock_wait = meter.create_histogram("memstream.lock.wait", "s")
+        # Memories written from the empty state (new, or back after expiring), by resource.
+        self.memories_created = meter.create_counter("memstream.memories.created", "{memory}")
         # Writes Redis refused (fenced: a newer partition owner; locked, lock_lost, conflict).
         self.events_refused = meter.create_counter("memstream.writes.refused", "{memory}")
         self.flushes_started = meter.create_counter("memstream.flushes.started", "{flush}")
@@ -136,12 +150,17 @@ class Telemetry:
             self.flush_retries,
         ):
             zero.add(0)
+        self.lock_contention.add(0, {"outcome": "refused"})
         self.events_refused.add(0, {"status": "fenced"})
         self._lag_sources: list[
             tuple[Callable[[], Mapping[tuple[str, int], int]], Callable[[], str]]
         ] = []
+        self._age_sources: list[
+            tuple[Callable[[], Mapping[tuple[str, int], float]], Callable[[], str]]
+        ] = []
         self._role_sources: list[Callable[[], Mapping[str, bool]]] = []
         meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
+        meter.create_observable_gauge("memstream.consumer.lag.age", [self._observe_lag_age], "s")
         meter.create_observable_gauge("memstream.role.up", [self._observe_roles], "1")
 
     @classmethod
@@ -163,6 +182,12 @@ class Telemetry:
             if shutdown is not None:
                 shutdown()
 
+    def record_lock_wait(self, seconds: float, acquired: bool) -> None:
+        """One wait for a lock another owner held (``RedisLockManager``'s ``on_wait``)."""
+        outcome = {"outcome": "acquired" if acquired else "refused"}
+        self.lock_contention.add(1, outcome)
+        self.lock_wait.record(seconds, outcome)
+
     def add_lag_source(
         self,
         source: Callable[[], Mapping[tuple[str, int], int]],
@@ -171,6 +196,15 @@ class Telemetry:
         """Register a callable giving lag per (topic, partition), read at each collection,
         and one giving its consumer group."""
         self._lag_sources.append((source, group))
+
+    def add_lag_age_source(
+        self,
+        source: Callable[[], Mapping[tuple[str, int], float]],
+        group: Callable[[], str] = lambda: "",
+    ) -> None:
+        """Register a callable giving, per (topic, partition), the age in seconds of the
+        oldest event not yet applied (0 when none is), and one giving its consumer group."""
+        self._age_sources.append((source, group))
 
     def add_role_source(self, source: Callable[[], Mapping[str, bool]]) -> None:
         """Register a callable giving each role's liveness (1 up, 0 down at collection)."""
@@ -187,7 +221,16 @@ class Telemetry:
                 yield Observation(1 if up else 0, {"role": role})
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
-        for source, group in self._lag_sources:
-            name = group()
-            for (topic, partition), lag in source().items():
-                yield Observation(lag, {"topic": topic, "partition": partition, "group": name})
+        yield from _per_partition(self._lag_sources)
+
+    def _observe_lag_age(self, _options: CallbackOptions) -> Iterable[Observation]:
+        yield from _per_partition(self._age_sources)
+
+
+def _per_partition(
+    sources: Iterable[tuple[Callable[[], Mapping[tuple[str, int], float]], Callable[[], str]]],
+) -> Iterable[Observation]:
+    for source, group in sources:
+        name = group()
+        for (topic, partition), value in source().items():
+            yield Observation(value, {"topic": topic, "partition": partition, "group": name})

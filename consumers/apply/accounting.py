@@ -12,8 +12,14 @@ from opentelemetry.trace import SpanKind
 
 from consumers.apply.decoding import KeyWork
 from consumers.apply.outputs import BatchOutputs
-from consumers.telemetry import Telemetry, consumer_attributes, extract_context, sampled_link
-from memory_core import MessageAppended, Outcome
+from consumers.telemetry import (
+    Telemetry,
+    consumer_attributes,
+    extract_context,
+    redis_attributes,
+    sampled_link,
+)
+from memory_core import ApplyResult, MessageAppended, Outcome
 from memory_core.redis import KeyOutcome
 
 NEVER = 2**63
@@ -38,6 +44,9 @@ class BatchReport:
     tokens_evicted: int = 0
     oldest_event_ms: int = NEVER
     applied_by_memory: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    created_by_memory: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # How long each memory that found its lock held by another owner waited for it (s).
+    lock_waits: list[float] = field(default_factory=list)
     dead_by_reason: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     retried_partitions: list[TopicPartition] = field(default_factory=list)
@@ -71,6 +80,15 @@ def accumulate(total: BatchReport, r: BatchReport) -> None:
         total.dead_by_reason[reason] += n
 
 
+@dataclass(slots=True, frozen=True)
+class WriteTiming:
+    """When a batch began and when its write of one partition ran (``time.time_ns()``)."""
+
+    batch_started: int
+    write_started: int
+    write_ended: int
+
+
 def account(
     outcome: KeyOutcome,
     w: KeyWork,
@@ -78,15 +96,21 @@ def account(
     outputs: BatchOutputs,
     telemetry: Telemetry,
     group: str = "",
+    timing: WriteTiming | None = None,
 ) -> None:
     """Record an applied memory's outcome: counts, rejections to dead-letter, flush commands.
 
     Spans only for events a sampled producer trace asked for: untraced traffic must not pay
     for a span per memory. The span continues the first traced event's trace (so one trace
-    shows an append, its flush and the flush's application) and links the others.
+    shows an append, its flush and the flush's application) and links the others; it begins
+    with the batch, and its child span is the Redis write of the memory's partition.
     """
     result = outcome.result
     assert result is not None
+    if outcome.lock_wait_s:
+        report.lock_waits.append(outcome.lock_wait_s)
+    if outcome.created:
+        report.created_by_memory[w.memory_id] += 1
     traced = [
         (rec, link)
         for rec in w.records[:32]
@@ -104,57 +128,75 @@ def account(
                 "memstream.events": len(w.events),
                 "memstream.flushes_requested": len(result.flush_requests),
             },
+            start_time=timing.batch_started if timing is not None else None,
         )
         if traced
         else contextlib.nullcontext()
     )
     with span_cm:
-        applied = tokens = 0
-        oldest = NEVER
-        # One result per event, in the events' order. Counted in locals, added to the report
-        # once per memory.
-        for r, rec, logged in zip(result.results, w.records, w.events, strict=True):
-            if r.outcome is _APPLIED:
-                applied += 1
-                event = logged.event
-                if isinstance(event, MessageAppended):
-                    message = event.message
-                    tokens += message.tokens
-                    if message.created_at_ms < oldest:
-                        oldest = message.created_at_ms
-            elif r.outcome is _DUPLICATE_OFFSET or r.outcome is _DUPLICATE_ID:
-                report.duplicates += 1
-            elif r.outcome is _REJECTED and r.reason is not None:
-                outputs.dead_letter(rec, r.reason, r.detail)
-                report.dead_lettered += 1
-                report.dead_by_reason[r.reason.value] += 1
-            if r.tokens_saved > 0:
-                report.tokens_saved += r.tokens_saved
-                report.flushes_completed += 1
-            if r.evicted:
-                report.evicted += len(r.evicted)
-                report.tokens_evicted += sum(m.tokens for m in r.evicted)
-        if applied:
-            report.applied += applied
-            report.applied_by_memory[w.memory_id] += applied
-            report.tokens_appended += tokens
-            report.oldest_event_ms = min(report.oldest_event_ms, oldest)
-        if result.flush_requests:
-            now_ms = time.time_ns() // 1_000_000
-            state = result.state
-            # The command carries the trace of the event that requested the flush.
-            origin = next((r for r in w.records if r.offset == state.flush_offset), None)
-            headers = list(origin.headers or ()) if origin is not None else []
-            for seq in result.flush_requests:
-                report.flushes_requested += 1
-                outputs.flush_command(
-                    outcome.memory_key,
-                    w.memory_id,
-                    seq,
-                    requested_at_ms=now_ms,
-                    source_offset=state.flush_offset,
-                    headers=headers,
-                )
+        if traced and timing is not None:
+            telemetry.tracer.start_span(
+                "memstream.redis.write",
+                kind=SpanKind.CLIENT,
+                attributes=redis_attributes(len(w.events), outcome.lock_wait_s),
+                start_time=timing.write_started,
+            ).end(end_time=timing.write_ended)
+        _account(outcome, result, w, report, outputs)
+
+
+def _account(
+    outcome: KeyOutcome,
+    result: ApplyResult,
+    w: KeyWork,
+    report: BatchReport,
+    outputs: BatchOutputs,
+) -> None:
+    applied = tokens = 0
+    oldest = NEVER
+    # One result per event, in the events' order. Counted in locals, added to the report
+    # once per memory.
+    for r, rec, logged in zip(result.results, w.records, w.events, strict=True):
+        if r.outcome is _APPLIED:
+            applied += 1
+            event = logged.event
+            if isinstance(event, MessageAppended):
+                message = event.message
+                tokens += message.tokens
+                if message.created_at_ms < oldest:
+                    oldest = message.created_at_ms
+        elif r.outcome is _DUPLICATE_OFFSET or r.outcome is _DUPLICATE_ID:
+            report.duplicates += 1
+        elif r.outcome is _REJECTED and r.reason is not None:
+            outputs.dead_letter(rec, r.reason, r.detail)
+            report.dead_lettered += 1
+            report.dead_by_reason[r.reason.value] += 1
+        if r.tokens_saved > 0:
+            report.tokens_saved += r.tokens_saved
+            report.flushes_completed += 1
+        if r.evicted:
+            report.evicted += len(r.evicted)
+            report.tokens_evicted += sum(m.tokens for m in r.evicted)
+    if applied:
+        report.applied += applied
+        report.applied_by_memory[w.memory_id] += applied
+        report.tokens_appended += tokens
+        report.oldest_event_ms = min(report.oldest_event_ms, oldest)
+    if result.flush_requests:
+        now_ms = time.time_ns() // 1_000_000
+        state = result.state
+        # The command carries the trace of the event that requested the flush.
+        origin = next((r for r in w.records if r.offset == state.flush_offset), None)
+        headers = list(origin.headers or ()) if origin is not None else []
+        for seq in result.flush_requests:
+            report.flushes_requested += 1
+            outputs.flush_command(
+                outcome.memory_key,
+                w.memory_id,
+                seq,
+                requested_at_ms=now_ms,
+                source_offset=state.flush_offset,
+                headers=headers,
+            )
 
 
 def record_metrics(telemetry: Telemetry, report: BatchReport, latency_ms: float) -> None:
@@ -180,5 +222,9 @@ def record_metrics(telemetry: Telemetry, report: BatchReport, latency_ms: float)
         # End-to-end latency of the batch's oldest event: the worst of the batch.
         age_ms = max(time.time_ns() // 1_000_000 - report.oldest_event_ms, 0)
         t.end_to_end_latency.record(age_ms / 1000)
+    for name, count in report.created_by_memory.items():
+        t.memories_created.add(count, {"memory_id": name})
+    for wait in report.lock_waits:
+        t.record_lock_wait(wait, acquired=True)
     t.batch_size.record(report.records)
     t.apply_latency.record(latency_ms / 1000)

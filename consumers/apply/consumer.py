@@ -15,7 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from consumers.apply.accounting import BatchReport, account, accumulate, record_metrics
+from consumers.apply.accounting import (
+    BatchReport,
+    WriteTiming,
+    account,
+    accumulate,
+    record_metrics,
+)
 from consumers.apply.checkpoint import Checkpoints
 from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.outputs import BatchOutputs
@@ -37,6 +43,9 @@ from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatu
 from schemas import AvroCodec
 
 log = logging.getLogger(__name__)
+
+# A partition's write outcomes, and when it ran (for spans).
+_Written = tuple[list[KeyOutcome], WriteTiming]
 
 # How often an idle consumer looks for a newer generation of the events topic.
 _GENERATION_CHECK_S = 5.0
@@ -91,6 +100,10 @@ class ApplyConsumer(Component):
         self._epochs: dict[TopicPartition, int] = {}
         self._fenced: set[TopicPartition] = set()
         self._next_offsets: dict[TopicPartition, int] = {}  # committed position per partition
+        # Per partition, the timestamp (ms) of the oldest record fetched and not yet applied,
+        # and of the last one applied: what the lag's age is measured from.
+        self._unapplied_since: dict[TopicPartition, int] = {}
+        self._applied_until: dict[TopicPartition, int] = {}
         self._processing = asyncio.Lock()
         # The next batch, fetched and partly decoded while Redis finished the previous one.
         self._ahead: Batch | None = None
@@ -121,6 +134,7 @@ class ApplyConsumer(Component):
             self._producer = producer
         await self._join(gen)
         self.telemetry.add_lag_source(self.lag, self.group)
+        self.telemetry.add_lag_age_source(self.lag_age, self.group)
 
     async def _join(self, gen: Generation) -> None:
         self._decoder = Decoder(
@@ -249,6 +263,8 @@ class ApplyConsumer(Component):
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
             self._next_offsets.pop(tp, None)
+            self._unapplied_since.pop(tp, None)
+            self._applied_until.pop(tp, None)
         # The new owner of these partitions must not wait for our locks to expire.
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
@@ -274,6 +290,39 @@ class ApplyConsumer(Component):
             if high is not None:
                 out[(tp.topic, tp.partition)] = max(high - next_offset, 0)
         return out
+
+    def lag_age(self) -> dict[tuple[str, int], float]:
+        """Per partition, the age in seconds of the oldest event not yet applied (0: none).
+
+        Measured from the record's Kafka timestamp: the oldest one fetched and not applied,
+        or, while the next one is not fetched yet, the last one applied (an upper bound). A
+        partition behind with neither (nothing of it fetched since it was assigned) has no
+        age yet and is left out.
+        """
+        now_ms = time.time() * 1000
+        out: dict[tuple[str, int], float] = {}
+        for (topic, partition), lag in self.lag().items():
+            if not lag:
+                out[(topic, partition)] = 0.0
+                continue
+            tp = TopicPartition(topic, partition)
+            since = self._unapplied_since.get(tp, self._applied_until.get(tp))
+            if since is not None:
+                out[(topic, partition)] = max(now_ms - since, 0.0) / 1000
+        return out
+
+    def _fetched(self, batch: Batch) -> None:
+        for tp, records in batch.fetched.items():
+            self._unapplied_since.setdefault(tp, records[0].timestamp)
+
+    def _applied(self, batch: Batch, applied: dict[TopicPartition, int]) -> None:
+        ahead = self._ahead.fetched if self._ahead is not None else {}
+        for tp in applied:
+            self._applied_until[tp] = batch.fetched[tp][-1].timestamp
+            if tp in ahead:
+                self._unapplied_since[tp] = ahead[tp][0].timestamp
+            else:
+                self._unapplied_since.pop(tp, None)
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -302,6 +351,7 @@ class ApplyConsumer(Component):
             if not batch.fetched:
                 await self._follow_generation()
                 return BatchReport()
+            self._fetched(batch)
         async with self._processing:
             # Partitions fenced or given away since their records were fetched are not ours.
             assigned = consumer.assignment()
@@ -328,6 +378,7 @@ class ApplyConsumer(Component):
 
     async def _process(self, consumer: AIOKafkaConsumer, batch: Batch) -> BatchReport:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         fetched = batch.fetched
         report = BatchReport(
             records=sum(len(r) for r in fetched.values()),
@@ -340,7 +391,7 @@ class ApplyConsumer(Component):
         # written, the next batch is fetched and decoded until the writes are answered.
         # Redis runs the writes while this process decodes, instead of idling through every
         # decode and then holding the batch up.
-        applying: list[tuple[dict[str, KeyWork], asyncio.Task[list[KeyOutcome]]]] = []
+        applying: list[tuple[dict[str, KeyWork], asyncio.Task[_Written]]] = []
 
         def written() -> bool:
             return all(task.done() for _, task in applying)
@@ -357,8 +408,7 @@ class ApplyConsumer(Component):
                     if (entry := self.catalog.get(w.memory_id)) is not None
                 ]
                 if batches:
-                    task = asyncio.create_task(self.store.apply(batches, self.owner, hold=True))
-                    applying.append((part, task))
+                    applying.append((part, asyncio.create_task(self._write(batches, started_ns))))
             if not written():
                 await self._decode_ahead(consumer, written)
             results = [(part, await task) for part, task in applying]
@@ -372,14 +422,14 @@ class ApplyConsumer(Component):
         outputs = BatchOutputs(self.settings, self.codec)
         failed: set[TopicPartition] = set()
         group = self.group()
-        for part, outcomes in results:
+        for part, (outcomes, timing) in results:
             for outcome in outcomes:
                 w = part[outcome.memory_key]
                 if outcome.status is not WriteStatus.APPLIED or outcome.result is None:
                     failed.add(w.partition)
                     self._refused(w.partition, outcome)
                     continue
-                account(outcome, w, report, outputs, self.telemetry, group)
+                account(outcome, w, report, outputs, self.telemetry, group, timing)
         for rec, reason, detail, extra in batch.dead:
             outputs.dead_letter(rec, reason, detail, extra)
             report.dead_lettered += 1
@@ -400,8 +450,14 @@ class ApplyConsumer(Component):
             outputs, commit, {tp: records[0].offset for tp, records in fetched.items()}
         )
         report.committed = commit
+        self._applied(batch, commit)
         record_metrics(self.telemetry, report, (time.perf_counter() - started) * 1000)
         return report
+
+    async def _write(self, batches: list[KeyBatch], batch_started_ns: int) -> _Written:
+        began = time.time_ns()
+        outcomes = await self.store.apply(batches, self.owner, hold=True)
+        return outcomes, WriteTiming(batch_started_ns, began, time.time_ns())
 
     def _raise_failed_checkpoint(self, consumer: AIOKafkaConsumer) -> None:
         """An earlier batch's outputs or commit failed: rewind to where the uncommitted
@@ -424,6 +480,7 @@ class ApplyConsumer(Component):
         if not fetched:
             return
         ahead = self._ahead = Batch(fetched)
+        self._fetched(ahead)
         assert self._decoder is not None
         for tp in fetched:
             if not await self._decoder.decode(ahead, tp, until=done):
@@ -440,6 +497,7 @@ class ApplyConsumer(Component):
             if self._consumer is not None:
                 self._consumer.pause(tp)
         else:
-            self.telemetry.lock_contention.add(1, {"status": outcome.status.value})
+            if outcome.status is WriteStatus.LOCKED:
+                self.telemetry.record_lock_wait(outcome.lock_wait_s, acquired=False)
             key = shown_key(outcome.memory_key, self.settings.telemetry_show_keys)
             log.info("memory %s refused (%s); retrying", key, outcome.status)

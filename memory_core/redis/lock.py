@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -35,11 +35,19 @@ class RedisLockManager:
     """SET NX PX locks keyed per memory, released and extended only by their owner."""
 
     def __init__(
-        self, redis: AnyRedis, *, prefix: str = "memstream", clock: Clock | None = None
+        self,
+        redis: AnyRedis,
+        *,
+        prefix: str = "memstream",
+        clock: Clock | None = None,
+        on_wait: Callable[[float, bool], None] | None = None,
     ) -> None:
+        """``on_wait(seconds, acquired)`` is called for each acquire that found the lock held
+        by another owner: how long it waited, and whether it got the lock in the end."""
         self._scripts = ScriptRunner(redis)
         self.prefix = prefix
         self.clock = clock or SystemClock()
+        self._on_wait = on_wait
 
     def _keys(self, memory_key: str) -> MemoryKeys:
         return MemoryKeys.of(memory_key, self.prefix)
@@ -57,14 +65,21 @@ class RedisLockManager:
         k = self._keys(memory_key)
         owner = owner or uuid.uuid4().hex
         ttl_ms = int(ttl.total_seconds() * 1000)
-        deadline = self.clock.monotonic() + timeout.total_seconds()
+        started = self.clock.monotonic()
+        deadline = started + timeout.total_seconds()
         delay = backoff.total_seconds()
+        waited = False
         while True:
             reply = await self._scripts.run(ACQUIRE, (k.lock, k.fence), (owner, ttl_ms))
             if _s(reply[0]) == "OK":
+                if waited and self._on_wait is not None:
+                    self._on_wait(self.clock.monotonic() - started, True)
                 return RedisLease(memory_key, owner, int(reply[1]), ttl_ms)
+            waited = True
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
+                if self._on_wait is not None:
+                    self._on_wait(self.clock.monotonic() - started, False)
                 raise LockNotAcquiredError(memory_key, _s(reply[1]), int(reply[2]))
             await self.clock.sleep(min(delay * (0.5 + random.random()), remaining))
             delay = min(delay * 2, 1.0)

@@ -77,12 +77,19 @@ class KeyBatch(Value, frozen=True):
 
 
 class KeyOutcome(Value, frozen=True):
-    """The apply step's outcome for one memory; ``result`` is set when applied."""
+    """The apply step's outcome for one memory; ``result`` is set when applied.
+
+    ``lock_wait_s`` is how long the memory waited for a lock another owner held (0: it was
+    never found held); ``created``: the write started from the empty state (a memory new to
+    Redis, or back after its keys expired or were cleared).
+    """
 
     memory_key: str
     status: WriteStatus
     result: ApplyResult | None = None
     detail: str = ""
+    lock_wait_s: float = 0.0
+    created: bool = False
 
 
 @dataclass(slots=True)
@@ -141,6 +148,7 @@ class _Write:
     keys: tuple[str, ...]
     args: list[Arg]  # this memory's part of write.lua's arguments
     renews: bool  # sets the lock's lease (else it is held with enough left, or released)
+    created: bool  # written from the empty state (version 0)
 
 
 class RedisMemoryStore:
@@ -203,19 +211,26 @@ class RedisMemoryStore:
         # States a CONFLICT returned, for the retry (the cache may be too small to keep them).
         refreshed: dict[str, _Cached] = {}
         started = time.monotonic()
+        # When each memory first found its lock held by another owner.
+        locked_at: dict[str, float] = {}
         delay = min(b.policy.retry_backoff_s for b in batches) if batches else 0.0
         while pending:
             retry: list[KeyBatch] = []
             locked = False
             round_outcomes = await self._round(pending, owner, hold, refreshed)
+            now = time.monotonic()
             for b, outcome in zip(pending, round_outcomes, strict=True):
-                elapsed = time.monotonic() - started
-                if outcome.status in _RETRIED and elapsed < b.policy.acquire_timeout_s:
+                if outcome.status is WriteStatus.LOCKED:
+                    locked_at.setdefault(b.memory_key, now)
+                if outcome.status in _RETRIED and now - started < b.policy.acquire_timeout_s:
                     # A conflict left us the lock and the current state: retry at once.
                     locked = locked or outcome.status is WriteStatus.LOCKED
                     retry.append(b)
-                else:
-                    outcomes[b.memory_key] = outcome
+                    continue
+                since = locked_at.get(b.memory_key)
+                if since is not None:
+                    outcome = replace(outcome, lock_wait_s=now - since)
+                outcomes[b.memory_key] = outcome
             pending = retry
             if pending and locked:
                 await asyncio.sleep(delay)
@@ -312,7 +327,7 @@ class RedisMemoryStore:
                     now.token = int(reply[2])
                     now.renew_by = written_at + b.policy.lock_ttl_ms / 2000
                 self._remember(key, now)
-                outcomes.append(KeyOutcome(key, _APPLIED, w.result))
+                outcomes.append(KeyOutcome(key, _APPLIED, w.result, created=w.created))
             elif status == "CONFLICT":
                 again = refreshed[key] = _decode_cached(int(reply[2]), reply)
                 again.token = int(reply[1])
@@ -394,7 +409,7 @@ class RedisMemoryStore:
         else:
             epoch_key = self.epoch_key(b.home or "-")
         keys = (*write_keys(b.memory_key, self.prefix), epoch_key)
-        return _Write(b, now, result, keys, args, renews)
+        return _Write(b, now, result, keys, args, renews, cached.version == 0)
 
     async def release(self, owner: str, memory_keys: Sequence[str] | None = None) -> int:
         """Release the locks held across batches (all when None); returns how many were held."""

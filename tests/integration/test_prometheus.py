@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from consumers.bootstrap import build_app
 from consumers.settings import Settings
 from consumers.stack.prometheus import PrometheusService
 from memory_core import AsyncSafeMemoryInstance, Role
+from memory_core.redis import RedisLockManager
 from tests.integration.test_runner import Process
 from tests.ports import free_port_block
 
@@ -97,6 +99,20 @@ async def test_every_panel_and_alert_input_has_data_from_a_real_workload(
             await _until_data(client, api, f'up{{instance="{instance}"}} == 1')
             async with build_app(settings) as app:
                 config = app.catalog.config("chat")
+                # Another owner holds the first memory's lock for a moment: the consumer
+                # waits for it (the lock-wait panel's data).
+                locks = RedisLockManager(app.redis, prefix=settings.key_prefix)
+                lease = await locks.acquire(
+                    f"agent:a1:user:{name}0",
+                    ttl=timedelta(seconds=30),
+                    timeout=timedelta(seconds=1),
+                )
+
+                async def release_soon() -> bool:
+                    await asyncio.sleep(1.0)  # well within the memory's acquire timeout
+                    return await locks.release(lease)
+
+                releasing = asyncio.create_task(release_soon())
                 for user in range(3):
                     memory = AsyncSafeMemoryInstance(
                         f"agent:a1:user:{name}{user}", config, store=app.store,
@@ -106,6 +122,7 @@ async def test_every_panel_and_alert_input_has_data_from_a_real_workload(
                         words = " ".join(f"w{turn}x{i}" for i in range(12))
                         await memory.append(Role.USER, words, event_id=f"{name}-{user}-{turn}")
                     await memory.append(Role.USER, "again", event_id=f"{name}-{user}-0")
+                assert await releasing
                 raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
                 await raw.start()
                 try:

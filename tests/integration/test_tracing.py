@@ -8,6 +8,7 @@ import time
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from consumers.bootstrap import build_app, connect_temporal
 from consumers.runner import Runner
@@ -78,5 +79,17 @@ async def test_one_trace_shows_an_append_its_flush_and_the_flush_application(
         )
     ]
     assert applied_flush, sorted(names)
+    # Each apply span of the trace has its Redis write as a CLIENT child, within it.
+    writes = [s for s in trace if s.name == "memstream.redis.write"]
+    assert writes, sorted(names)
+    for write in writes:
+        assert write.kind is SpanKind.CLIENT
+        assert (write.attributes or {})["db.system.name"] == "redis"
+        assert write.parent is not None
+        parent = index[write.parent.span_id]
+        assert parent.name == "memstream.apply"
+        assert write.start_time is not None and write.end_time is not None
+        assert parent.start_time is not None and parent.end_time is not None
+        assert parent.start_time <= write.start_time <= write.end_time <= parent.end_time
     # Message content never goes into spans.
     assert "word word" not in str([dict(s.attributes or {}) for s in trace])
