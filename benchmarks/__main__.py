@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import latency, pipeline, restart, store, tokens
+from benchmarks import latency, pipeline, restart, store, tokens, wait
 from consumers.lifecycle import tune_gc
 from consumers.settings import Settings
 
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "pipeline": pipeline.run,
     "restart": restart.run,
     "latency": latency.run,  # only some of its targets gate (latency.GATING)
+    "wait": wait.run,
 }
 
 

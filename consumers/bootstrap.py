@@ -18,8 +18,8 @@ from consumers.generations import active_generation
 from consumers.producer import MemoryProducer
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
-from memory_core import EncodingRegistry, HybridFlushingStrategy
-from memory_core.redis import RedisLockManager, RedisMemoryStore
+from memory_core import AsyncSafeMemoryInstance, EncodingRegistry, HybridFlushingStrategy
+from memory_core.redis import AppliedNotices, RedisLockManager, RedisMemoryStore
 from schemas import AvroCodec
 
 if TYPE_CHECKING:
@@ -110,6 +110,18 @@ class App:
     catalog: MemoryCatalog
     codec: AvroCodec
     producer: MemoryProducer
+    # What writers wait on for their events to be applied (one subscription per process).
+    notices: AppliedNotices
+
+    def memory(self, memory_key: str, memory_id: str | None = None) -> AsyncSafeMemoryInstance:
+        """The memory ``memory_key`` for reads, prompts and writes that wait on notices."""
+        return self.catalog.instance(
+            memory_key,
+            store=self.store,
+            publisher=self.producer,
+            memory_id=memory_id,
+            signal=self.notices,
+        )
 
     def flush_activities(self) -> FlushActivities:
         """The flush activity bound to this process's store and producer."""
@@ -144,6 +156,8 @@ async def build_app(
             generation=lambda: active_generation(settings),
         )
         await stack.enter_async_context(producer)
+        notices = AppliedNotices(redis, prefix=settings.key_prefix)
+        stack.push_async_callback(notices.close)
         yield App(
             settings=settings,
             telemetry=telemetry,
@@ -160,4 +174,5 @@ async def build_app(
             catalog=catalog,
             codec=codec,
             producer=producer,
+            notices=notices,
         )

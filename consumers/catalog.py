@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memory_core import (
+    AsyncSafeMemoryInstance,
     DeadLetterReason,
     EncodingRegistry,
     KeyTemplate,
@@ -17,6 +18,7 @@ from memory_core import (
     validate_memory_key,
 )
 from memory_core.errors import ConfigError, EncodingUnavailableError, InvalidKeyError
+from memory_core.ports import AppliedSignal, EventPublisher, MemoryStore
 
 _CHECKED_MAX = 65_536
 
@@ -90,6 +92,49 @@ class MemoryCatalog:
             self._checked.clear()
         self._checked[seen] = entry
         return entry
+
+    def resolve(self, memory_key: str, memory_id: str | None = None) -> CatalogEntry:
+        """The entry of the resource ``memory_key`` belongs to: the first whose template
+        renders it (the consumer's rule, so never ambiguous). ``memory_id``, when given, must
+        be that resource. ``ConfigError`` otherwise, naming the resources and templates."""
+        owner = self.resource_for_key(memory_key)
+        if owner is None:
+            known = ", ".join(f"{e.config.id} ({e.config.key})" for e in self._entries.values())
+            raise ConfigError(
+                "memory_id", f"no memory resource's key template renders {memory_key}: {known}"
+            )
+        if memory_id is not None and memory_id != owner.id:
+            if memory_id not in self._entries:
+                raise ConfigError("memory_id", f"unknown memory {memory_id!r}; known: {self.ids}")
+            raise ConfigError(
+                "memory_id",
+                f"{memory_key} belongs to memory {owner.id} ({owner.key}, the first template "
+                f"that renders it); events naming {memory_id} are dead-lettered as "
+                "memory_mismatch",
+            )
+        return self._entries[owner.id]
+
+    def instance(
+        self,
+        memory_key: str,
+        *,
+        store: MemoryStore,
+        publisher: EventPublisher | None = None,
+        memory_id: str | None = None,
+        signal: AppliedSignal | None = None,
+    ) -> AsyncSafeMemoryInstance:
+        """The memory ``memory_key`` (its resource resolved as by ``resolve``), with its
+        token counter (ready for ``prompt()``) and, if given, the applied ``signal`` its
+        writes wait on."""
+        entry = self.resolve(memory_key, memory_id)
+        return AsyncSafeMemoryInstance(
+            memory_key,
+            entry.config,
+            store=store,
+            publisher=publisher,
+            counter=entry.counter,
+            signal=signal,
+        )
 
     def resource_for_key(self, memory_key: str) -> MemoryConfig | None:
         """The resource ``memory_key`` belongs to: the first whose template renders it."""

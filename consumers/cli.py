@@ -26,17 +26,18 @@ from consumers.catalog import MemoryCatalog
 from consumers.cli_ops import register as register_operations
 from consumers.connections import make_redis, make_registry
 from consumers.lifecycle import tune_gc
-from consumers.runner import ROLES
+from consumers.runner import DEFAULT_ROLES, ROLES
 from consumers.settings import Settings
 from memory_core import (
     AsyncSafeMemoryInstance,
     ChatMessage,
-    ConfigError,
     EncodingRegistry,
     MemoryConfig,
     MemoryHealth,
     MemstreamError,
-    Message,
+    Page,
+    Prompt,
+    PromptBudgetError,
     RejectedWriteError,
     Role,
     ToolCall,
@@ -44,9 +45,9 @@ from memory_core import (
     WriteOutcome,
     WriteOutcomeStatus,
     encoding_for_model,
+    message_view,
 )
 from memory_core.redis import RedisMemoryStore
-from memory_core.redis.codec import encode_message
 from schemas import AvroCodec
 
 app = typer.Typer(
@@ -56,6 +57,26 @@ tokens_app = typer.Typer(no_args_is_help=True, help="Token accounting.")
 encodings_app = typer.Typer(no_args_is_help=True, help="The offline tiktoken encodings.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Redis, Temporal.")
 app.add_typer(tokens_app, name="tokens")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"memstream {version('memstream')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """The ``memstream`` command line."""
+
+
 app.add_typer(encodings_app, name="encodings")
 app.add_typer(stack_app, name="stack")
 # Operator commands (topics, partition, dlq) live in their own module.
@@ -76,8 +97,12 @@ def _failed(exc: Exception, code: int = 1, prefix: str = "") -> typer.Exit:
 
 
 def _chat_messages(raw: Any) -> list[ChatMessage]:
+    """Chat messages from a JSON list, or from an object holding one as ``messages`` (a
+    Chat Completions request, ``memstream show --prompt --json``, ``show --json``)."""
+    if isinstance(raw, dict) and "messages" in raw:
+        raw = raw["messages"]
     if not isinstance(raw, list):
-        raise ValueError("expected a JSON list of chat messages")
+        raise ValueError("expected a JSON list of chat messages, or an object with `messages`")
     out: list[ChatMessage] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("role"), str):
@@ -193,27 +218,37 @@ def _logging(verbose: bool) -> None:
 
 @app.command("run")
 def run(
-    roles: Annotated[str, typer.Option(help="Comma-separated: apply,dispatch,worker")] = ",".join(
-        ROLES
+    roles: Annotated[str, typer.Option(help=f"Comma-separated, of {','.join(ROLES)}")] = ",".join(
+        DEFAULT_ROLES
     ),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the roles in one process until SIGTERM/SIGINT (each role also runs alone)."""
-    from consumers.runner import serve
-
-    _logging(verbose)
     chosen = [r.strip() for r in roles.split(",") if r.strip()]
     bad = set(chosen) - set(ROLES)
     if bad or not chosen:
         raise _fail(f"unknown roles {sorted(bad)}; choose from {', '.join(ROLES)}")
-    if set(chosen) != {"apply"}:
+    _serve(chosen, verbose)
+
+
+@app.command("serve")
+def serve_http(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Serve the HTTP API alone (``run --roles http``): /v1/memories…, /docs, /healthz."""
+    _serve(["http"], verbose)
+
+
+def _serve(chosen: list[str], verbose: bool) -> None:
+    from consumers.runner import serve
+
+    _logging(verbose)
+    if {"dispatch", "worker"} & set(chosen):
         # The Temporal SDK, loaded before tune_gc() freezes what is alive at start, as
         # before its import became lazy (an apply-only process never loads it).
         import consumers.dispatcher  # noqa: F401
         import memory_core.temporal  # noqa: F401
     tune_gc()
     try:
-        asyncio.run(serve(Settings(), chosen))
+        asyncio.run(serve(Settings(), chosen, on_started=lambda line: print(line, flush=True)))
     except MemstreamError as exc:
         raise _failed(exc) from None
     except KafkaError as exc:
@@ -224,6 +259,7 @@ def run(
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 EXIT_UNCONFIRMED = 3
+EXIT_NOT_FOUND = 4
 
 _WAIT_HELP = "Seconds to wait until applied (0: return once durable, unconfirmed)"
 _EVENT_ID_HELP = "Event id (reuse an earlier attempt's to retry it idempotently)"
@@ -340,18 +376,8 @@ def _write(
     async def go() -> WriteOutcome:
         nonlocal config
         async with build_app() as built:
-            config = _resource(built.catalog, key, memory_id)
-            owner = built.catalog.resource_for_key(key)
-            if owner is not None and owner.id != config.id:
-                raise ConfigError(
-                    "--memory-id",
-                    f"{key} belongs to memory {owner.id} ({owner.key}, the first template "
-                    f"that renders it); events naming {config.id} are dead-lettered as "
-                    "memory_mismatch",
-                )
-            memory = AsyncSafeMemoryInstance(
-                key, config, store=built.store, publisher=built.producer
-            )
+            memory = built.memory(key, memory_id)
+            config = memory.config
             try:
                 return await write(memory)
             except KafkaError as exc:
@@ -408,11 +434,22 @@ def _outcome_line(outcome: WriteOutcome) -> str:
 def show(
     key: Annotated[str, typer.Argument(help="Memory key")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
-    memory_id: Annotated[str | None, typer.Option(help="Memory resource id")] = None,
+    prompt: Annotated[
+        bool, typer.Option("--prompt", help="The memory as Chat Completions messages (JSON)")
+    ] = False,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="With --prompt: the newest whole tool units that fit")
+    ] = None,
+    offset: Annotated[int, typer.Option(min=0, help="First message shown")] = 0,
+    limit: Annotated[int, typer.Option(min=1, help="Messages shown at most")] = 1000,
+    memory_id: Annotated[str | None, typer.Option(help=_MEMORY_ID_HELP)] = None,
 ) -> None:
-    """Print a memory's messages and health."""
+    """Print a memory's messages and health, or (--prompt) the memory as a prompt with its
+    exact token bill. Exit 4 if the memory does not exist."""
+    if max_tokens is not None and not prompt:
+        raise _fail("--max-tokens goes with --prompt", EXIT_USAGE)
 
-    async def go() -> tuple[list[Message], MemoryHealth]:
+    async def go() -> tuple[AsyncSafeMemoryInstance, Page | Prompt, MemoryHealth]:
         # Redis only: a read must work while Kafka is down.
         settings = Settings()
         catalog = make_catalog(settings)
@@ -420,37 +457,85 @@ def show(
         try:
             store = RedisMemoryStore(redis, prefix=settings.key_prefix)
             stored = (await store.read(key, start=0, stop=0)).memory_id
-            config = _resource(catalog, key, memory_id or stored)
-            memory = AsyncSafeMemoryInstance(key, config, store=store)
-            return await memory.read(), await memory.health()
+            memory = catalog.instance(key, store=store, memory_id=memory_id or stored)
+            health = await memory.health()
+            if not health.exists:
+                return memory, Page((), offset, limit, 0), health
+            if prompt:
+                return memory, await memory.prompt(max_tokens), health
+            return memory, await memory.read_paginated(offset, limit), health
         finally:
             await redis.aclose()
 
     try:
-        messages, health = asyncio.run(go())
+        memory, shown, health = asyncio.run(go())
     except MemstreamError as exc:
-        raise _failed(exc) from None
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "health": health.as_dict(),
-                    "messages": [json.loads(encode_message(m)) for m in messages],
-                },
-                indent=2,
-            )
+        raise _failed(exc, EXIT_USAGE if isinstance(exc, PromptBudgetError) else 1) from None
+    if not health.exists:
+        raise _fail(
+            f"memory {key} does not exist (never written, or its TTL expired)", EXIT_NOT_FOUND
         )
+    if isinstance(shown, Prompt):
+        typer.echo(json.dumps({"memory_key": key, **shown.as_dict()}, indent=2))
+        return
+    if as_json:
+        body = {
+            "memory_key": key,
+            "memory_id": memory.config.id,
+            "health": health.as_dict(),
+            "messages": [message_view(m) for m in shown.messages],
+            "offset": shown.offset,
+            "limit": shown.limit,
+            "total": shown.total,
+            "has_more": shown.has_more,
+        }
+        typer.echo(json.dumps(body, indent=2))
         return
     console = Console()
     table = Table(title=f"{key} ({health.messages} messages, {health.total_tokens} tokens)")
     for col in ("#", "role", "kind", "tokens", "content"):
         table.add_column(col)
-    for i, m in enumerate(messages):
+    for i, m in enumerate(shown.messages, start=shown.offset):
         content = m.content if len(m.content) < 90 else m.content[:87] + "…"
         table.add_row(str(i), m.role.value, m.kind.value, str(m.tokens), content)
     console.print(table)
+    if shown.has_more:
+        after = shown.offset + len(shown.messages)
+        console.print(f"  … {shown.total - after} more: --offset {after}")
     for name, value in health.as_dict().items():
         console.print(f"  {name}: {value}")
+
+
+@app.command("list")
+def list_memories(
+    prefix: Annotated[str, typer.Argument(help="Memory key prefix")] = "",
+    limit: Annotated[int, typer.Option(min=1, help="Keys printed at most")] = 1000,
+) -> None:
+    """Print the keys of the memories Redis holds (SCAN, in no order), one per line."""
+
+    async def go() -> tuple[list[str], bool]:
+        settings = Settings()
+        redis = make_redis(settings)
+        try:
+            store = RedisMemoryStore(redis, prefix=settings.key_prefix)
+            found: list[str] = []
+            cursor = "0"
+            while True:
+                keys, cursor = await store.list_memories(prefix, cursor, min(limit, 1000))
+                found += keys
+                if cursor == "0" or len(found) >= limit:
+                    return found[:limit], cursor != "0" or len(found) > limit
+        finally:
+            await redis.aclose()
+
+    try:
+        keys, more = asyncio.run(go())
+    except MemstreamError as exc:
+        raise _failed(exc) from None
+    for k in keys:
+        typer.echo(k)
+    if more:
+        typer.echo(f"memstream: more than {limit} memories; raise --limit", err=True)
 
 
 @app.command("demo")
@@ -541,23 +626,6 @@ async def _reader() -> AsyncIterator[tuple[Settings, MemoryCatalog, AvroCodec, R
         await redis.aclose()
 
 
-def _resource(catalog: MemoryCatalog, key: str, memory_id: str | None) -> MemoryConfig:
-    """``memory_id``'s config, else that of the resource ``key`` belongs to.
-
-    A key belongs to the first resource whose template renders it (the consumer's rule), so
-    it is never ambiguous.
-    """
-    if memory_id is not None:
-        return catalog.config(memory_id)
-    owner = catalog.resource_for_key(key)
-    if owner is None:
-        known = ", ".join(f"{i} ({catalog.config(i).key})" for i in catalog.ids)
-        raise ConfigError(
-            "--memory-id", f"no memory resource's key template renders {key}: {known}"
-        )
-    return owner
-
-
 def main() -> None:
     """Console-script entry point: a known failure is one line and its exit code.
 
@@ -566,9 +634,9 @@ def main() -> None:
     debug = failures.show_tracebacks = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
-    elif "run" not in sys.argv[1:2]:
+    elif sys.argv[1:2] not in (["run"], ["serve"]):
         # A failed connection is described once, by the handler below; aiokafka would also
-        # log each attempt. `run` keeps its logs (they go to the operator's log pipeline).
+        # log each attempt. `run` and `serve` keep their logs (the operator's log pipeline).
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # Nor asyncio's "exception was never retrieved" for a connection aiokafka dropped.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)

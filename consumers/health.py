@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from memory_core import MemstreamError
 
@@ -75,7 +76,12 @@ async def timed(name: str, probe: Callable[[], Awaitable[object]]) -> Check:
 
 
 def build_health_app(probes: Probes) -> Starlette:
-    """The ASGI app of the two endpoints."""
+    """The ASGI app of the endpoints alone."""
+    return Starlette(routes=health_routes(probes))
+
+
+def health_routes(probes: Probes) -> list[Route]:
+    """``/healthz``, ``/readyz`` and ``/metrics`` answering from ``probes``."""
 
     async def healthz(_: Request) -> JSONResponse:
         roles = probes.live()
@@ -103,13 +109,11 @@ def build_health_app(probes: Probes) -> Starlette:
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", prometheus),
-        ]
-    )
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", prometheus),
+    ]
 
 
 class _Server(uvicorn.Server):
@@ -120,11 +124,12 @@ class _Server(uvicorn.Server):
 
 
 class HealthServer:
-    """The endpoints on ``host:port`` while the process runs (start, then stop)."""
+    """The endpoints on ``host:port`` while the process runs (start, then stop); ``app``
+    serves them with more (the HTTP API) instead."""
 
-    def __init__(self, probes: Probes, *, host: str, port: int) -> None:
+    def __init__(self, probes: Probes, *, host: str, port: int, app: ASGIApp | None = None) -> None:
         config = uvicorn.Config(
-            build_health_app(probes),
+            app or build_health_app(probes),
             host=host,
             port=port,
             lifespan="off",
@@ -148,8 +153,8 @@ class HealthServer:
         except OSError as exc:
             sock.close()
             raise HealthPortError(
-                f"health endpoints cannot listen on {self.address} ({exc}): free the port or "
-                "change MEMSTREAM_HEALTH_PORT"
+                f"cannot listen on {self.address} ({exc}): free the port or change "
+                "MEMSTREAM_HEALTH_PORT"
             ) from exc
         # Bound here, so a taken port is this error and not uvicorn's exit.
         self._task = asyncio.create_task(
@@ -160,6 +165,11 @@ class HealthServer:
         if self._task.done():
             self._task.result()
         log.info("health endpoints on %s (/healthz, /readyz)", self.address)
+
+    async def wait(self) -> None:
+        """Until the server stops (or fails: its error is raised)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def stop(self) -> None:
         """Stop listening."""

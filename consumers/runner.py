@@ -1,4 +1,5 @@
-"""Runs the roles of one process: apply consumer, flush dispatcher, Temporal worker."""
+"""Runs the roles of one process: apply consumer, flush dispatcher, Temporal worker, HTTP
+API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App, build_app, connect_temporal
 from consumers.health import Check, HealthServer, Probes, timed
 from consumers.lifecycle import Component
-from consumers.settings import Settings
+from consumers.settings import Settings, SettingsError
 from consumers.telemetry import Telemetry
 from consumers.topics import ensure_topics
 from memory_core import MemstreamError
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROLES = ("apply", "dispatch", "worker")
+ROLES = ("apply", "dispatch", "worker", "http")
+# What `memstream run` runs without --roles: the pipeline (the HTTP API needs its API keys).
+DEFAULT_ROLES = ("apply", "dispatch", "worker")
 
 
 class RoleFailedError(MemstreamError):
@@ -58,6 +61,7 @@ class Runner(Component):
         *,
         temporal: Client | None = None,
         drain_timeout_s: float = 15.0,
+        http: HealthServer | None = None,
     ) -> None:
         self.app = app
         self.roles = tuple(roles)
@@ -66,6 +70,8 @@ class Runner(Component):
             raise ValueError(f"unknown roles {sorted(unknown)}; choose from {', '.join(ROLES)}")
         self._temporal = temporal
         self.drain_timeout_s = drain_timeout_s
+        # The server of the http role (the API, on the health port), started by its owner.
+        self.http = http
         self.consumer: ApplyConsumer | None = None
         self.dispatcher: FlushDispatcher | None = None
         self.worker: Worker | None = None
@@ -73,6 +79,7 @@ class Runner(Component):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._started = False
+        self.started = asyncio.Event()  # set once every role runs
 
     async def start(self) -> None:
         """Create topics if missing, wait for Temporal if a role needs it, start every role."""
@@ -107,14 +114,19 @@ class Runner(Component):
         if "worker" in self.roles:
             assert self._temporal is not None
             self._spawn("worker", self._work(self._temporal))
+        if "http" in self.roles:
+            if self.http is None:
+                raise RuntimeError("the http role needs its server (Runner(http=...))")
+            self._spawn("http", self._serve_http(self.http))
         self._started = True
+        self.started.set()
 
     # -- health ----------------------------------------------------------------------------
 
     def probes(self) -> Probes:
         """What ``/healthz`` and ``/readyz`` ask this runner (consumers/health.py)."""
         ready: list[Callable[[], Awaitable[Check]]] = [self._check_started]
-        if {"apply", "worker"} & set(self.roles):
+        if {"apply", "worker", "http"} & set(self.roles):
             ready.append(lambda: timed("redis", self.app.redis.ping))
         if {"dispatch", "worker"} & set(self.roles):
             ready.append(self._check_temporal)
@@ -232,6 +244,31 @@ class Runner(Component):
         log.error("%s; stopping the other roles", self.failure, exc_info=error)
         self._stop.set()
 
+    async def _serve_http(self, server: HealthServer) -> None:
+        """The http role: alive while its server serves; stopped with the others."""
+        serving = asyncio.create_task(server.wait())
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            serving.cancel()
+        if not self._stop.is_set():
+            raise RuntimeError(f"the HTTP server on {server.address} stopped")
+
+    def summary(self) -> str:
+        """One line: the roles, and the partitions the apply consumer holds."""
+        parts = [f"roles {','.join(self.roles)}"]
+        if self.http is not None:
+            parts.append(f"http {self.http.address}")
+        if self.consumer is not None:
+            assigned = sorted(self.consumer.assignment)
+            topics = sorted({tp.topic for tp in assigned})
+            numbers = ",".join(str(tp.partition) for tp in assigned)
+            held = f"{' '.join(topics)} [{numbers}]" if assigned else "none yet"
+            parts.append(f"partitions {held}")
+        return "memstream running: " + "; ".join(parts)
+
     async def _work(self, client: Client) -> None:
         """The worker role: polls until stopped; a worker ended by an outage is replaced."""
         from consumers.flush_metrics import FlushMetrics
@@ -291,13 +328,28 @@ async def temporal_answers(client: Client) -> bool:
 
 
 async def serve(
-    settings: Settings, roles: Iterable[str], telemetry: Telemetry | None = None
+    settings: Settings,
+    roles: Iterable[str],
+    telemetry: Telemetry | None = None,
+    *,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
     """Run ``roles`` until SIGTERM or SIGINT, then drain and return.
 
     Waits for Temporal when a role needs it and it is down (SIGTERM ends the wait). Raises
     ``RoleFailedError`` once a role ended on its own (after stopping the others).
+    ``on_started`` gets ``Runner.summary()`` once every role runs and the apply consumer
+    holds partitions (or after a few seconds without).
     """
+    roles = tuple(roles)
+    if "http" in roles and settings.http_auth == "api_keys" and not settings.api_keys:
+        raise SettingsError(
+            "the http role needs MEMSTREAM_API_KEYS (a JSON list of {name, key, resources, "
+            "key_prefixes}), or MEMSTREAM_HTTP_AUTH=none for local development"
+        )
+    port = settings.health_port
+    if port is None and "http" in roles:
+        port = settings.http_default_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -308,25 +360,47 @@ async def serve(
     own = telemetry is None
     if telemetry is None:
         # /metrics on the health port when it is served.
-        telemetry = Telemetry.from_environment(prometheus=settings.health_port is not None)
+        telemetry = Telemetry.from_environment(prometheus=port is not None)
     try:
         async with build_app(settings, telemetry) as app:
             runner = Runner(app, roles)
-            health = None
-            if settings.health_port is not None:
+            server = None
+            if port is not None:
                 probes = runner.probes()
                 probes.metrics = telemetry.prometheus
-                health = HealthServer(probes, host=settings.health_host, port=settings.health_port)
-                await health.start()
+                api = None
+                if "http" in roles:
+                    from consumers.api import build_api
+
+                    api = build_api(app, probes)
+                server = HealthServer(probes, host=settings.health_host, port=port, app=api)
+                await server.start()
+                runner.http = server
+            announcing = (
+                asyncio.create_task(_announce(runner, on_started))
+                if on_started is not None
+                else None
+            )
             try:
                 await runner.run(stop)
             finally:
                 log.info("memstream stopping")
+                if announcing is not None:
+                    announcing.cancel()
                 await runner.stop()
-                if health is not None:
-                    await health.stop()
+                if server is not None:
+                    await server.stop()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
         if own:
             telemetry.shutdown()
+
+
+async def _announce(runner: Runner, on_started: Callable[[str], None]) -> None:
+    await runner.started.wait()
+    for _ in range(100):  # partitions come with the group's first rebalance: 10 s at most
+        if runner.consumer is None or runner.consumer.assignment:
+            break
+        await asyncio.sleep(0.1)
+    on_started(runner.summary())

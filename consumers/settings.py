@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memory_core import MemstreamError
@@ -15,6 +15,24 @@ from memory_core import MemstreamError
 ENV_PREFIX = "MEMSTREAM_"
 # Variables under this prefix belong to the test suite, not to settings.
 _TEST_PREFIX = "MEMSTREAM_TEST_"
+
+
+class ApiKey(BaseModel):
+    """One bearer API key of the HTTP API and what it may reach."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    key: SecretStr
+    # Memory resource ids ("*": all) and memory key prefixes ("": all) it may read and write.
+    resources: tuple[str, ...] = ("*",)
+    key_prefixes: tuple[str, ...] = ("",)
+
+    def allows(self, memory_id: str, memory_key: str) -> bool:
+        """Whether this key may reach ``memory_key`` of resource ``memory_id``."""
+        return ("*" in self.resources or memory_id in self.resources) and any(
+            memory_key.startswith(p) for p in self.key_prefixes
+        )
 
 
 class SettingsError(MemstreamError):
@@ -135,6 +153,9 @@ class Settings(BaseSettings):
     # The apply consumer's cache of memory states, at most (an uncached memory costs one more
     # round trip on its next write; the cache is also capped at 50,000 memories).
     state_cache_mb: int = 256
+    # The apply consumer announces each batch's applied offsets on Redis pub/sub, so writers
+    # waiting for their events wake at once instead of polling (docs/decisions/0014).
+    announce_applied: bool = True
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None
@@ -147,6 +168,17 @@ class Settings(BaseSettings):
     health_host: str = "127.0.0.1"
     # /readyz fails while an apply partition's lag (records) is above this, when set.
     ready_max_lag: int | None = None
+
+    # The HTTP API (`memstream serve`, `memstream run --roles http`) shares the health port;
+    # with the http role and no health port, it listens on this one.
+    http_default_port: int = 18080
+    # Bearer API keys, each scoped to memory resources and key prefixes (JSON list of
+    # {"name", "key", "resources": [...], "key_prefixes": [...]}; "*" / "" allow all).
+    api_keys: list[ApiKey] = Field(default_factory=list, repr=False)
+    # "none" serves without auth (local development only): made explicit, never a default.
+    http_auth: Literal["api_keys", "none"] = "api_keys"
+    http_max_body_bytes: int = 1 << 20
+    http_max_messages: int = 500
 
     # Memory keys embed user ids: logs and workflow ids show a digest of them (`memstream
     # partition KEY` prints it) unless this is set.
@@ -191,6 +223,11 @@ class Settings(BaseSettings):
         ):
             if (cert is None) != (key is None):
                 problems.append(f"MEMSTREAM_{service} client certificate and key go together")
+        names = [k.name for k in self.api_keys]
+        if len(set(names)) != len(names):
+            problems.append("MEMSTREAM_API_KEYS: every key needs a name of its own")
+        if any(len(k.key.get_secret_value()) < 16 for k in self.api_keys):
+            problems.append("MEMSTREAM_API_KEYS: a key must be at least 16 characters")
         if problems:
             raise SettingsError("; ".join(problems))
         return self

@@ -28,7 +28,7 @@ from memory_core.errors import (
 from memory_core.eviction import ApplyResult, EventResult, Outcome, TokenMemoryManager
 from memory_core.flushing import FlushPlan, HybridFlushingStrategy, flush_due
 from memory_core.health import MemoryHealth
-from memory_core.instance import AsyncSafeMemoryInstance, NoPublisherError, Page
+from memory_core.instance import AsyncSafeMemoryInstance, NoCounterError, NoPublisherError, Page
 from memory_core.keys import KeyTemplate, validate_memory_key
 from memory_core.models import (
     Category,
@@ -48,6 +48,7 @@ from memory_core.models import (
 )
 from memory_core.policy import MemoryPolicy
 from memory_core.ports import (
+    AppliedSignal,
     Clock,
     EventPublisher,
     LockManager,
@@ -56,6 +57,13 @@ from memory_core.ports import (
     SystemClock,
 )
 from memory_core.privacy import PrivacyPolicy
+from memory_core.prompt import (
+    Prompt,
+    PromptBudgetError,
+    build_prompt,
+    chat_message,
+    message_view,
+)
 from memory_core.tokens import (
     SUPPORTED_ENCODINGS,
     ChatFormat,
@@ -74,6 +82,7 @@ from memory_core.writes import (
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
+    "AppliedSignal",
     "ApplyResult",
     "AsyncSafeMemoryInstance",
     "Budget",
@@ -112,6 +121,7 @@ __all__ = [
     "MemstreamError",
     "Message",
     "MessageAppended",
+    "NoCounterError",
     "NoPublisherError",
     "NothingToFlushError",
     "Outcome",
@@ -119,6 +129,8 @@ __all__ = [
     "PersistenceConfig",
     "PrivacyConfig",
     "PrivacyPolicy",
+    "Prompt",
+    "PromptBudgetError",
     "Published",
     "RejectedEventError",
     "RejectedWriteError",
@@ -134,9 +146,12 @@ __all__ = [
     "WriteOutcome",
     "WriteOutcomeStatus",
     "WriteTimeoutError",
+    "build_prompt",
+    "chat_message",
     "encoding_for_model",
     "flush_due",
     "load_configs",
+    "message_view",
     "parse_config",
     "tool_unit",
     "validate_memory_key",

@@ -24,7 +24,9 @@ from memory_core.errors import (
 from memory_core.health import MemoryHealth, budget_by_category
 from memory_core.keys import KeyTemplate, validate_memory_key
 from memory_core.models import Draft, Message, Role, Snapshot, ToolCall
-from memory_core.ports import Clock, EventPublisher, MemoryStore, SystemClock
+from memory_core.ports import AppliedSignal, Clock, EventPublisher, MemoryStore, SystemClock
+from memory_core.prompt import Prompt, build_prompt
+from memory_core.tokens import TokenCounter
 from memory_core.writes import (
     RejectedWriteError,
     UnconfirmedWriteError,
@@ -41,6 +43,10 @@ class NoPublisherError(MemstreamError):
     """A write was attempted on an instance built without an event publisher."""
 
 
+class NoCounterError(MemstreamError):
+    """A prompt was asked of an instance built without a token counter."""
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a memory's messages."""
@@ -49,6 +55,11 @@ class Page:
     offset: int
     limit: int
     total: int
+
+    @property
+    def has_more(self) -> bool:
+        """Whether messages follow this page."""
+        return self.offset + len(self.messages) < self.total
 
 
 class AsyncSafeMemoryInstance:
@@ -69,11 +80,15 @@ class AsyncSafeMemoryInstance:
         store: MemoryStore,
         publisher: EventPublisher | None = None,
         clock: Clock | None = None,
+        counter: TokenCounter | None = None,
+        signal: AppliedSignal | None = None,
     ) -> None:
         self.memory_key = validate_memory_key(memory_key)
         self.config = config
         self._store = store
         self._publisher = publisher
+        self._counter = counter
+        self._signal = signal
         self._clock = clock or SystemClock()
         # Only the roles matter here (redaction is the producer's and the consumer's): no
         # patterns compiled per instance.
@@ -90,6 +105,21 @@ class AsyncSafeMemoryInstance:
             raise ValueError("offset must be >= 0 and limit > 0")
         snap = await self._store.read(self.memory_key, start=offset, stop=offset + limit - 1)
         return Page(snap.messages, offset, limit, snap.total_messages)
+
+    async def prompt(self, max_tokens: int | None = None) -> Prompt:
+        """The memory as OpenAI Chat Completions messages with ``prompt_tokens``, the exact
+        bill for them; ``max_tokens`` keeps system messages and the newest whole tool units
+        that fit (``PromptBudgetError`` if the system messages alone do not).
+
+        Needs the instance built with the memory's ``counter``
+        (``MemoryCatalog.instance`` passes it).
+        """
+        if self._counter is None:
+            raise NoCounterError(
+                f"{self.memory_key}: this instance was built without a token counter; pass "
+                f"counter= (encoding {self.config.encoding_name}) to read it as a prompt"
+            )
+        return build_prompt(await self.read(), self._counter, max_tokens)
 
     async def len(self) -> int:
         """How many messages the memory holds."""
@@ -265,12 +295,21 @@ class AsyncSafeMemoryInstance:
         """The snapshot once it settles ``last`` (see ``_settles``); None if not in time."""
         deadline = self._clock.monotonic() + timeout.total_seconds()
         delay = 0.005
+        signal = self._signal
+        if signal is not None:
+            await signal.start()  # subscribed before the read: no notice falls in between
         while True:
             snap = await self._store.read(self.memory_key, start=0, stop=0)
             if _settles(snap, last):
                 return snap
-            if self._clock.monotonic() >= deadline:
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
                 return None
+            if signal is not None and last.topic is not None and last.offset is not None:
+                # Woken by the consumer's notice for the partition, else re-read anyway.
+                wait = min(remaining, signal.fallback_s)
+                await signal.wait(last.topic, last.partition or 0, last.offset, wait)
+                continue
             await self._clock.sleep(delay)
             delay = min(delay * 2, 0.2)
 

@@ -87,6 +87,25 @@ class MemoryStore(Protocol):
         ...
 
 
+class AppliedSignal(Protocol):
+    """Wakes a writer waiting for its events to be applied (instead of polling the store).
+
+    A hint, not a guarantee: the waiter re-reads the store after each wake-up and at least
+    every ``fallback_s``, so a lost signal only delays it.
+    """
+
+    fallback_s: float
+
+    async def start(self) -> None:
+        """Be ready to deliver signals (call before the first read the wait relies on)."""
+        ...
+
+    async def wait(self, topic: str, partition: int, offset: int, timeout_s: float) -> None:
+        """Return once ``offset`` of ``topic:partition`` was announced applied, or after
+        ``timeout_s``."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     """Where one published event landed in the log (durable: acknowledged by every replica)."""

@@ -11,9 +11,10 @@ MEMSTREAM = Path(sys.executable).parent / "memstream"
 
 
 def run_cli(
-    env: dict[str, str], *args: str, timeout: float = 120
+    env: dict[str, str], *args: str, timeout: float = 120, input_text: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``memstream args`` with exactly ``env``'s ``MEMSTREAM_*`` settings (none inherited)."""
+    """``memstream args`` with exactly ``env``'s ``MEMSTREAM_*`` settings (none inherited),
+    ``input_text`` on its standard input."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
     return subprocess.run(
         [str(MEMSTREAM), *args],
@@ -22,6 +23,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         check=False,
+        input=input_text,
     )
 
 

@@ -39,7 +39,7 @@ from consumers.settings import Settings
 from consumers.telemetry import Telemetry
 from memory_core import MemstreamError
 from memory_core.privacy import shown_key
-from memory_core.redis import KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
+from memory_core.redis import AppliedNotices, KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
 from schemas import AvroCodec
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,12 @@ class ApplyConsumer(Component):
         self._checked_generation_at = 0.0
         self._checkpoints: Checkpoints | None = None
         self._collection = BatchCollection(freeze=freeze_survivors)
+        self._notices = (
+            AppliedNotices(store.redis, prefix=settings.key_prefix)
+            if settings.announce_applied
+            else None
+        )
+        self._announcing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -224,6 +230,7 @@ class ApplyConsumer(Component):
                 await consumer.stop()
             with contextlib.suppress(MemstreamError):
                 await self.store.release(self.owner)
+        await asyncio.gather(*self._announcing, return_exceptions=True)
         if producer is not None:
             await producer.stop()
 
@@ -430,6 +437,7 @@ class ApplyConsumer(Component):
                     self._refused(w.partition, outcome)
                     continue
                 account(outcome, w, report, outputs, self.telemetry, group, timing)
+        self._announce({tp: recs[-1].offset for tp, recs in fetched.items() if tp not in failed})
         for rec, reason, detail, extra in batch.dead:
             outputs.dead_letter(rec, reason, detail, extra)
             report.dead_lettered += 1
@@ -458,6 +466,23 @@ class ApplyConsumer(Component):
         began = time.time_ns()
         outcomes = await self.store.apply(batches, self.owner, hold=True)
         return outcomes, WriteTiming(batch_started_ns, began, time.time_ns())
+
+    def _announce(self, applied: dict[TopicPartition, int]) -> None:
+        """Tell waiting writers what this batch applied, without holding the next batch up
+        (a lost notice only delays a writer until its next read)."""
+        notices = self._notices
+        if notices is None or not applied:
+            return
+        task = asyncio.create_task(
+            notices.announce({(tp.topic, tp.partition): o for tp, o in applied.items()})
+        )
+        self._announcing.add(task)
+        task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task[None]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.debug("applied notice not sent: %s", error)
 
     def _raise_failed_checkpoint(self, consumer: AIOKafkaConsumer) -> None:
         """An earlier batch's outputs or commit failed: rewind to where the uncommitted

@@ -1,7 +1,8 @@
-"""Redis adapters: the memory store and the lock manager."""
+"""Redis adapters: the memory store, the lock manager, applied notices."""
 
 from memory_core.redis.layout import MemoryKeys
 from memory_core.redis.lock import RedisLease, RedisLockManager
+from memory_core.redis.notices import AppliedNotices
 from memory_core.redis.packing import use_hiredis_packing
 from memory_core.redis.store import (
     KeyBatch,
@@ -11,6 +12,7 @@ from memory_core.redis.store import (
 )
 
 __all__ = [
+    "AppliedNotices",
     "KeyBatch",
     "KeyOutcome",
     "MemoryKeys",

@@ -45,3 +45,8 @@ def write_keys(memory_key: str, prefix: str) -> tuple[str, str, str, str, str, s
         base + ":fence",
         base + ":ids",
     )
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern (SCAN MATCH, PSUBSCRIBE)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

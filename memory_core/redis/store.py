@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from memory_core.errors import StoreUnavailableError
@@ -38,7 +39,7 @@ from memory_core.redis.codec import (
     state_meta,
 )
 from memory_core.redis.errors import translate_redis_errors
-from memory_core.redis.layout import MemoryKeys, write_keys
+from memory_core.redis.layout import MemoryKeys, glob_escape, write_keys
 from memory_core.redis.scripts import AnyRedis, Arg, Call, InFlight, Script, ScriptRunner
 from memory_core.values import Value, replace
 
@@ -521,6 +522,39 @@ class RedisMemoryStore:
         async with translate_redis_errors():
             raw = await self.redis.hget(self.keys(memory_key).meta, "last_offset")
         return -1 if raw is None else int(raw)
+
+    async def list_memories(
+        self, key_prefix: str = "", cursor: str = "0", count: int = 100
+    ) -> tuple[list[str], str]:
+        """One SCAN step over the memories whose key starts with ``key_prefix``: the keys
+        found (maybe none, in no order) and the cursor to pass next ("0": the scan is done).
+
+        A memory is listed while its keys exist (until its TTL expires). On Redis Cluster the
+        cursor walks the masters in turn (``<master index>-<SCAN cursor>``).
+        """
+        pattern = f"{glob_escape(self.prefix)}:{{{glob_escape(key_prefix)}*}}:meta"
+        head, tail = len(self.prefix) + 2, -len("}:meta")
+        async with self._scripts.translated():
+            if self._scripts.cluster is None:
+                assert isinstance(self.redis, Redis)
+                after, found = await self.redis.scan(int(cursor or 0), match=pattern, count=count)
+                keys = [_s(k)[head:tail] for k in found]
+                return keys, str(after)
+            cluster = self._scripts.cluster
+            await self._scripts.ready()
+            masters = sorted(cluster.get_primaries(), key=lambda n: n.name)
+            index, _, at = (cursor if cursor != "0" else "0-0").partition("-")
+            i = int(index)
+            if i >= len(masters):
+                return [], "0"
+            reply = await masters[i].execute_command(
+                "SCAN", int(at or 0), "MATCH", pattern, "COUNT", count
+            )
+            after, found = int(reply[0]), reply[1]
+            keys = [_s(k)[head:tail] for k in found]
+            if after != 0:
+                return keys, f"{i}-{after}"
+            return keys, (f"{i + 1}-0" if i + 1 < len(masters) else "0")
 
     async def read(self, memory_key: str, *, start: int = 0, stop: int = -1) -> Snapshot:
         """A consistent snapshot of ``memory_key``; ``start``/``stop`` select a page (inclusive)."""

@@ -111,7 +111,7 @@ async def test_a_taken_health_port_fails_run_with_one_line(
         code = await asyncio.wait_for(process.proc.wait(), 60)
     output = process.output()
     assert code == 1, output
-    assert f"health endpoints cannot listen on http://127.0.0.1:{port}" in output
+    assert f"cannot listen on http://127.0.0.1:{port}" in output
     assert "Traceback" not in output
 
 

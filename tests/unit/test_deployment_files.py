@@ -95,7 +95,7 @@ def test_the_compose_file_runs_each_role_against_the_internal_listener() -> None
     assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
     assert kafka_env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
     roles = []
-    for name in ("memstream-apply", "memstream-dispatch", "memstream-worker"):
+    for name in ("memstream-apply", "memstream-dispatch", "memstream-worker", "memstream-http"):
         service = services[name]
         assert service["profiles"] == ["app"] and service["build"] == "."
         command = service["command"]
