@@ -17,10 +17,19 @@ from memory_core import (
     load_configs,
     validate_memory_key,
 )
-from memory_core.errors import ConfigError, EncodingUnavailableError, InvalidKeyError
+from memory_core.errors import (
+    ConfigError,
+    EncodingUnavailableError,
+    InvalidKeyError,
+    MemstreamError,
+)
 from memory_core.ports import AppliedSignal, EventPublisher, MemoryStore
 
 _CHECKED_MAX = 65_536
+
+
+class ResourceError(MemstreamError):
+    """A memory key no resource's template renders, or a resource id that is not its own."""
 
 
 def _entry(config: MemoryConfig, encodings: EncodingRegistry) -> CatalogEntry:
@@ -96,18 +105,15 @@ class MemoryCatalog:
     def resolve(self, memory_key: str, memory_id: str | None = None) -> CatalogEntry:
         """The entry of the resource ``memory_key`` belongs to: the first whose template
         renders it (the consumer's rule, so never ambiguous). ``memory_id``, when given, must
-        be that resource. ``ConfigError`` otherwise, naming the resources and templates."""
+        be that resource. ``ResourceError`` otherwise, naming the resources and templates."""
         owner = self.resource_for_key(memory_key)
         if owner is None:
             known = ", ".join(f"{e.config.id} ({e.config.key})" for e in self._entries.values())
-            raise ConfigError(
-                "memory_id", f"no memory resource's key template renders {memory_key}: {known}"
-            )
+            raise ResourceError(f"no memory resource's key template renders {memory_key}: {known}")
         if memory_id is not None and memory_id != owner.id:
             if memory_id not in self._entries:
                 raise ConfigError("memory_id", f"unknown memory {memory_id!r}; known: {self.ids}")
-            raise ConfigError(
-                "memory_id",
+            raise ResourceError(
                 f"{memory_key} belongs to memory {owner.id} ({owner.key}, the first template "
                 f"that renders it); events naming {memory_id} are dead-lettered as "
                 "memory_mismatch",

@@ -32,6 +32,7 @@ from consumers.api.models import (
     WriteOut,
 )
 from consumers.bootstrap import App
+from consumers.catalog import ResourceError
 from consumers.health import Probes, health_routes
 from memory_core import (
     AsyncSafeMemoryInstance,
@@ -48,7 +49,6 @@ from memory_core import (
     message_view,
     validate_memory_key,
 )
-from memory_core.errors import ConfigError
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "invalid memory key"},
@@ -103,17 +103,26 @@ class _BodyLimit:
         await _error(413, "too_large", self._detail())(scope, receive, send)
 
 
+def _caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    auth: Authenticator = request.app.state.auth
+    return auth.caller(authorization)
+
+
+# At module level: FastAPI resolves the routes' (string) annotations in this namespace.
+Authorized = Annotated[Caller, Depends(_caller)]
+
+
 def build_api(app: App, probes: Probes | None = None) -> FastAPI:
     """The API over ``app``'s store, producer and catalog; with ``probes``, also
     ``/healthz``, ``/readyz`` and ``/metrics`` on the same port."""
     settings = app.settings
-    auth = Authenticator(settings)
     api = FastAPI(
         title="memstream",
         summary="Working memory for LLM agents: prompt-ready reads, idempotent writes.",
         version=_version(),
         responses=_ERRORS,
     )
+    api.state.auth = Authenticator(settings)
 
     @api.exception_handler(_HttpError)
     async def _http_error(_: Request, exc: _HttpError) -> JSONResponse:
@@ -137,19 +146,14 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
     async def _store_down(_: Request, exc: StoreUnavailableError) -> JSONResponse:
         return _error(503, "store_unavailable", f"Redis: {exc}")
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
-        return auth.caller(authorization)
-
-    Authorized = Annotated[Caller, Depends(caller)]
-
     def memory(key: str, who: Caller, memory_id: str | None = None) -> AsyncSafeMemoryInstance:
         try:
             validate_memory_key(key)
             entry = app.catalog.resolve(key, memory_id)
         except InvalidKeyError as exc:
             raise _HttpError(400, "invalid_key", str(exc)) from None
-        except ConfigError as exc:
-            raise _HttpError(404, "unknown_resource", exc.rule) from None
+        except ResourceError as exc:
+            raise _HttpError(404, "unknown_resource", str(exc)) from None
         who.check(entry.config.id, key)
         return app.memory(key, memory_id)
 

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
 from memory_core.redis.layout import glob_escape
 from memory_core.redis.scripts import AnyRedis
 
@@ -40,8 +42,15 @@ class AppliedNotices:
         return f"{self._channel_head}{topic}:{partition}"
 
     async def announce(self, applied: Mapping[tuple[str, int], int]) -> None:
-        """Publish the last applied offset of each partition (one round trip)."""
+        """Publish the last applied offset of each partition (one round trip; on a cluster,
+        one command per partition, all at once)."""
         if not applied:
+            return
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline refuses PUBLISH; PUBLISH reaches every node from any node.
+            await asyncio.gather(
+                *(self.redis.publish(self.channel(t, p), str(o)) for (t, p), o in applied.items())
+            )
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for (topic, partition), offset in applied.items():
@@ -91,6 +100,8 @@ class AppliedNotices:
                 await reader
 
     async def _read(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()  # its pub/sub needs the slot map
         pubsub: Any = self.redis.pubsub()
         try:
             await pubsub.psubscribe(f"{glob_escape(self._channel_head)}*")

@@ -209,3 +209,37 @@ def test_show_prints_messages_and_health_as_json(cli_env: Settings) -> None:
     assert body["health"]["within_budget"] is True
     assert body["health"]["memory_id"] == "chat"
     assert CliRunner().invoke(app, ["verify"]).exit_code == 0
+
+
+def test_show_pages_a_memory_prints_its_prompt_and_lists_memories(
+    cli_env: Settings, apply_process: subprocess.Popen[bytes]
+) -> None:
+    key = _key()
+    for i in range(4):
+        wrote = _invoke("append", key, "--content", f"turn {i}", "--message-id", f"m{i}")
+        assert wrote.exit_code == 0, wrote.output
+    page = json.loads(_invoke("show", key, "--json", "--offset", "1", "--limit", "2").stdout)
+    assert [m["id"] for m in page["messages"]] == ["m1", "m2"]
+    assert (page["total"], page["has_more"]) == (4, True)
+    assert page["messages"][0]["role"] == "user" and "ts" not in page["messages"][0]
+    # Both JSON forms bill through `tokens count` as what they hold.
+    whole = _invoke("show", key, "--json")
+    prompt = _invoke("show", key, "--prompt")
+    assert prompt.exit_code == 0, prompt.output
+    body = json.loads(prompt.stdout)
+    assert [m["content"] for m in body["messages"]] == [f"turn {i}" for i in range(4)]
+    for text in (prompt.stdout, whole.stdout):
+        counted = CliRunner().invoke(app, ["tokens", "count"], input=text)
+        assert counted.exit_code == 0, counted.output
+        assert int(counted.stdout) == body["prompt_tokens"]
+    trimmed = json.loads(_invoke("show", key, "--prompt", "--max-tokens", "20").stdout)
+    assert trimmed["prompt_tokens"] <= 20 and trimmed["omitted"]["count"] >= 1
+    too_small = _invoke("show", key, "--prompt", "--max-tokens", "1")
+    assert too_small.exit_code == 2 and "at least" in too_small.stderr
+    missing = _invoke("show", _key())
+    assert missing.exit_code == 4
+    assert "does not exist" in missing.stderr and "Traceback" not in missing.output
+    listed = _invoke("list", key.rsplit(":", 1)[0])
+    assert listed.exit_code == 0 and key in listed.stdout.split()
+    version = _invoke("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("memstream ")

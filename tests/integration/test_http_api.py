@@ -133,13 +133,19 @@ async def test_append_read_page_prompt_flush_and_clear(api: Api) -> None:
         counted = run_cli({}, "tokens", "count", input_text=json.dumps(prompt))
         assert counted.returncode == 0, counted.stderr
         assert int(counted.stdout) == prompt["prompt_tokens"]
-        # Trimmed: the tool unit goes out whole, the system message stays.
+        # Trimmed: one token short of everything, the oldest message goes, then (with room
+        # for the system message and the last answer only) the tool unit goes out whole.
         last = prompt["prompt_tokens"] - 1
         trimmed = (await http.get(f"/v1/memories/{key}/prompt", params={"max_tokens": last})).json()
-        assert trimmed["prompt_tokens"] <= last
-        assert trimmed["messages"][0]["role"] == "system"
-        assert "tool" not in [m["role"] for m in trimmed["messages"]]
-        assert trimmed["omitted"]["count"] >= 1
+        assert trimmed["prompt_tokens"] <= last and trimmed["omitted"]["message_ids"] == ["m1"]
+        stored = (await http.get(f"/v1/memories/{key}", params={"limit": 10})).json()["messages"]
+        tokens = {m["id"]: m["tokens"] for m in stored}
+        system_id = stored[0]["id"]
+        room = tokens[system_id] + tokens["m4"] + 3
+        tight = (await http.get(f"/v1/memories/{key}/prompt", params={"max_tokens": room})).json()
+        assert [m["role"] for m in tight["messages"]] == ["system", "assistant"]
+        assert tight["omitted"]["message_ids"] == ["m1", "m2", "m3"]
+        assert tight["prompt_tokens"] == room
         small = await http.get(f"/v1/memories/{key}/prompt", params={"max_tokens": 2})
         assert small.status_code == 422 and small.json()["error"] == "budget_too_small"
 
