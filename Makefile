@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python -m benchmarks pipeline || $(BIN)/python -m benchmarks pipeline
 	$(BIN)/python -m benchmarks restart || $(BIN)/python -m benchmarks restart
 	$(BIN)/python -m benchmarks latency || $(BIN)/python -m benchmarks latency
+	$(BIN)/python -m benchmarks wait || $(BIN)/python -m benchmarks wait
 
 clean: stack-down
 	rm -rf $(VENV) .memstream

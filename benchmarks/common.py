@@ -5,12 +5,34 @@ from __future__ import annotations
 import json
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consumers.settings import Settings
+
 RESULTS = Path(__file__).parent / "results"
+
+
+def isolated(settings: Settings, memories: str, tag: str) -> Settings:
+    """``settings`` with fresh topics, group and key prefix for one run, and ``memories`` as
+    its memories file (under the stack dir)."""
+    name = f"{tag}{uuid.uuid4().hex[:6]}"
+    path = Path(settings.stack_dir) / f"bench-memories-{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(memories)
+    return settings.model_copy(
+        update={
+            "events_topic": f"bench.{name}.events",
+            "dlq_topic": f"bench.{name}.dlq",
+            "flush_topic": f"bench.{name}.flush",
+            "memories_file": path,
+            "key_prefix": f"b{name}",
+            "consumer_group": f"bench-{name}",
+        }
+    )
 
 
 @dataclass

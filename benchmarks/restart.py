@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.common import Result
+from benchmarks.common import Result, isolated
 from benchmarks.pipeline import MEMORIES
 from consumers.bootstrap import App, build_app
 from consumers.events import appended_payload, envelope
@@ -100,18 +100,7 @@ async def _rounds(app: App, instance: str | None, first: int) -> list[float]:
 
 async def _run(settings: Settings) -> Result:
     name = uuid.uuid4().hex[:6]
-    memories = Path(settings.stack_dir) / "bench-memories.yaml"
-    memories.parent.mkdir(parents=True, exist_ok=True)
-    memories.write_text(MEMORIES)
-    run = settings.model_copy(
-        update={
-            "events_topic": f"bench.{name}.events",
-            "dlq_topic": f"bench.{name}.dlq",
-            "flush_topic": f"bench.{name}.flush",
-            "memories_file": memories,
-            "key_prefix": f"r{name}",
-        }
-    )
+    run = isolated(settings, MEMORIES, "r")
     await ensure_topics(run)
     async with build_app(run) as app:
         dynamic_app = run.model_copy(update={"consumer_group": f"restart-d-{name}"})

@@ -27,21 +27,14 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import Result
+from benchmarks.common import Result, isolated
+from benchmarks.pipeline import MEMORIES
 from consumers.bootstrap import App, build_app
 from consumers.settings import Settings
 from consumers.topics import ensure_topics
 from memory_core.redis import AppliedNotices
 
 MEMSTREAM = Path(sys.executable).parent / "memstream"
-MEMORIES = """
-memories:
-  - id: bench
-    key: "bench:{user}"
-    model: gpt-4o
-    max_tokens: 3000
-    max_messages: 50
-"""
 RATE = 40  # appends per second, per mode
 SECONDS = 6  # per round and mode
 ROUNDS = 2
@@ -141,19 +134,7 @@ async def _measure(app: App, port: int, name: str) -> dict[str, list[float]]:
 
 async def _run(settings: Settings) -> Result:
     name = uuid.uuid4().hex[:6]
-    memories = Path(settings.stack_dir) / "bench-memories.yaml"
-    memories.parent.mkdir(parents=True, exist_ok=True)
-    memories.write_text(MEMORIES)
-    run = settings.model_copy(
-        update={
-            "events_topic": f"bench.{name}.events",
-            "dlq_topic": f"bench.{name}.dlq",
-            "flush_topic": f"bench.{name}.flush",
-            "memories_file": memories,
-            "key_prefix": f"w{name}",
-            "consumer_group": f"wait-{name}",
-        }
-    )
+    run = isolated(settings, MEMORIES, "w")
     await ensure_topics(run)
     port = _free_port()
     proc = await _server(run, port)

@@ -57,7 +57,7 @@ class Runner(Component):
     def __init__(
         self,
         app: App,
-        roles: Iterable[str] = ROLES,
+        roles: Iterable[str] = DEFAULT_ROLES,
         *,
         temporal: Client | None = None,
         drain_timeout_s: float = 15.0,

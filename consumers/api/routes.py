@@ -255,29 +255,26 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
             pending,
         )
 
-    @api.delete("/v1/memories/{key:path}/messages", response_model=WriteOut, tags=["writes"])
-    async def clear(key: str, who: Authorized, body: WriteIn | None = None) -> JSONResponse:
-        """Remove every message (a MemoryCleared event)."""
+    async def memory_event(key: str, who: Caller, body: WriteIn | None, name: str) -> JSONResponse:
         request = body or WriteIn()
         mem = memory(key, who)
+        write = mem.clear if name == "clear" else mem.flush
         event = request.event_id or uuid.uuid4().hex
         return await _write(
             key,
-            lambda: _one(mem.clear(wait=_wait(request.wait), event_id=event)),
+            lambda: _one(write(wait=_wait(request.wait), event_id=event)),
             [WriteOutcome(WriteOutcomeStatus.PUBLISHED, event_id=event)],
         )
+
+    @api.delete("/v1/memories/{key:path}/messages", response_model=WriteOut, tags=["writes"])
+    async def clear(key: str, who: Authorized, body: WriteIn | None = None) -> JSONResponse:
+        """Remove every message (a MemoryCleared event)."""
+        return await memory_event(key, who, body, "clear")
 
     @api.post("/v1/memories/{key:path}/flush", response_model=WriteOut, tags=["writes"])
     async def flush(key: str, who: Authorized, body: WriteIn | None = None) -> JSONResponse:
         """Request a flush now; ``applied`` means the request was (the summary follows)."""
-        request = body or WriteIn()
-        mem = memory(key, who)
-        event = request.event_id or uuid.uuid4().hex
-        return await _write(
-            key,
-            lambda: _one(mem.flush(wait=_wait(request.wait), event_id=event)),
-            [WriteOutcome(WriteOutcomeStatus.PUBLISHED, event_id=event)],
-        )
+        return await memory_event(key, who, body, "flush")
 
     @api.get("/v1/memories/{key:path}", response_model=MessagesOut, tags=["memories"])
     async def read(

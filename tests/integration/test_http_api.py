@@ -20,7 +20,9 @@ from consumers.bootstrap import App, build_app
 from consumers.health import HealthServer
 from consumers.runner import Runner
 from consumers.settings import ApiKey, Settings
-from tests.cli import run_cli
+from tests.cli import failure_line, run_cli
+from tests.fault.test_consumer_kill import _environment
+from tests.integration.test_runner import Process
 from tests.ports import free_port_block
 from tests.services import MEMORIES
 
@@ -312,3 +314,36 @@ async def test_bad_input_gets_a_4xx_with_a_reason_never_a_500(api: Api) -> None:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")
         assert ready.status_code in (200, 503) and "checks" in ready.json()
+
+
+async def test_memstream_run_serves_the_api_and_prints_one_start_up_line(
+    pipeline_settings: Settings, tmp_path: Path, names: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port_block(1)
+    settings = pipeline_settings.model_copy(update={"health_port": port})
+    # Without API keys the http role refuses to start, in one line.
+    refused = run_cli(
+        {k: v for k, v in _environment(settings).items() if k.startswith("MEMSTREAM_")}, "serve"
+    )
+    assert refused.returncode == 10, refused.stderr
+    assert "needs MEMSTREAM_API_KEYS" in failure_line(refused, alone=False)
+    monkeypatch.setenv("MEMSTREAM_API_KEYS", json.dumps([{"name": "t", "key": ADMIN}]))
+    process = Process(settings, tmp_path / "run.log")
+    await process.start("--roles", "apply,http")
+    try:
+        await process.until_output("memstream running: roles apply,http", timeout=60)
+        line = next(x for x in process.output().splitlines() if "memstream running" in x)
+        assert f"http http://127.0.0.1:{port}" in line and "partitions t." in line, line
+        key = f"agent:a1{names}:user:proc"
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as http:
+            wrote = await http.post(
+                f"/v1/memories/{key}/messages", json={"messages": [_user("hi")]}
+            )
+            assert wrote.status_code == 200, wrote.text
+            assert (await http.get("/healthz")).json()["roles"] == {
+                "apply": "running", "http": "running",
+            }  # fmt: skip
+    finally:
+        assert await process.stop() == 0
