@@ -576,38 +576,75 @@ def _demo_traces(settings: Settings) -> str | None:
     return f"{jaeger.endpoint}/api/traces?service={service} (Jaeger's query API)"
 
 
+_PARTITION_HELP = "Only this partition of the events topic (repeat for more)"
+_KEY_HELP = "Only this memory (repeat for more); reads only its home partition"
+
+
+def _progress(quiet: bool) -> Callable[[Any], None] | None:
+    """Progress lines on stderr, about once a second."""
+    if quiet:
+        return None
+    return lambda p: typer.echo(p.line(), err=True)
+
+
 @app.command("verify")
-def verify_cmd() -> None:
-    """Replay the events topic through the pure model and compare every memory in Redis."""
+def verify_cmd(
+    partition: Annotated[list[int] | None, typer.Option(help=_PARTITION_HELP)] = None,
+    key: Annotated[list[str] | None, typer.Option(help=_KEY_HELP)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines")] = False,
+) -> None:
+    """Replay the events topic through the pure model and compare every memory in Redis
+    (streamed partition by partition, in bounded memory)."""
     from consumers.verify import verify
 
     async def go() -> int:
         async with _reader() as (settings, catalog, codec, store):
-            report = await verify(settings, catalog, codec, store)
+            report = await verify(
+                settings, catalog, codec, store, key or None,
+                partitions=partition or None, progress=_progress(quiet),
+            )  # fmt: skip
         for m in report.mismatches[:20]:
             typer.echo(f"MISMATCH {m.memory_key}: {m.detail}")
         typer.echo(
             f"{report.memories} memories, {report.events} events replayed, "
-            f"{len(report.mismatches)} mismatches"
+            f"{len(report.mismatches)} mismatches, {report.expired} expired (not compared)"
         )
         return 0 if report.ok else 1
 
-    raise typer.Exit(asyncio.run(go()))
+    try:
+        code = asyncio.run(go())
+    except MemstreamError as exc:
+        raise _failed(exc) from None
+    raise typer.Exit(code)
 
 
 @app.command("replay")
-def replay_cmd() -> None:
-    """Rebuild Redis from the events topic (recovery; stop the apply consumers first)."""
-    from consumers.verify import replay
+def replay_cmd(
+    partition: Annotated[list[int] | None, typer.Option(help=_PARTITION_HELP)] = None,
+    key: Annotated[list[str] | None, typer.Option(help=_KEY_HELP)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; say what")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines")] = False,
+) -> None:
+    """Rebuild Redis from the events topic (recovery; stop the apply consumers first).
+    Memories whose TTL ran out since their last event are not brought back."""
+    from consumers.verify import ReplayReport, replay
 
-    async def go() -> int:
+    async def go() -> ReplayReport:
         async with _reader() as (settings, catalog, codec, store):
-            return await replay(settings, catalog, codec, store)
+            return await replay(
+                settings, catalog, codec, store, keys=key or None,
+                partitions=partition or None, dry_run=dry_run, progress=_progress(quiet),
+            )  # fmt: skip
 
     try:
-        typer.echo(f"{asyncio.run(go())} memories rebuilt from the log")
+        report = asyncio.run(go())
     except MemstreamError as exc:
         raise _failed(exc) from None
+    verb = "would be rebuilt (--dry-run: nothing written)" if report.dry_run else "rebuilt"
+    typer.echo(
+        f"{report.memories} memories {verb} from the log, {report.events} events; "
+        f"{report.expired} expired since their last event, not brought back"
+    )
 
 
 @contextlib.asynccontextmanager

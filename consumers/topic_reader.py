@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -12,11 +12,18 @@ from consumers.settings import Settings
 
 
 async def read_to_end(
-    settings: Settings, topic: str, *, missing_ok: bool = False
+    settings: Settings,
+    topic: str,
+    *,
+    missing_ok: bool = False,
+    partitions: Iterable[int] | None = None,
+    ends: dict[int, int] | None = None,
 ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
-    """Every record of ``topic`` up to its current end, a fetched batch of one partition at
-    a time (offset order within a partition). No group, nothing committed. A missing topic
-    yields nothing with ``missing_ok``, else raises ``MissingTopicError``."""
+    """Every record of ``topic`` (of ``partitions`` only, when given) up to its current end,
+    a fetched batch of one partition at a time (offset order within a partition). No group,
+    nothing committed. ``ends``, when given, receives each partition's end offset before the
+    first batch. A missing topic yields nothing with ``missing_ok``, else raises
+    ``MissingTopicError``."""
     count = await topic_partition_count(settings, topic)
     if count is None:
         if missing_ok:
@@ -31,18 +38,23 @@ async def read_to_end(
     )
     try:
         await consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(count)]
+        chosen = range(count) if partitions is None else [p for p in partitions if p < count]
+        tps = [TopicPartition(topic, p) for p in chosen]
+        if not tps:
+            return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        last = await consumer.end_offsets(tps)
+        if ends is not None:
+            ends.update({tp.partition: last[tp] for tp in tps})
+        remaining = {tp for tp in tps if last[tp] > 0}
         while remaining:
             fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
             for tp, records in fetched.items():
-                batch = [r for r in records if r.offset < ends[tp]]
+                batch = [r for r in records if r.offset < last[tp]]
                 if batch:
                     yield batch
-                if records and records[-1].offset + 1 >= ends[tp]:
+                if records and records[-1].offset + 1 >= last[tp]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()

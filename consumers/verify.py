@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
-from consumers.generations import existing_generation
+from consumers.generations import Generation, existing_generation
 from consumers.settings import Settings
 from consumers.topic_reader import read_to_end
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
@@ -38,11 +41,13 @@ class Mismatch:
 
 @dataclass
 class VerifyReport:
-    """The outcome of ``verify``."""
+    """The outcome of ``verify``; ``expired``: memories whose TTL ran out since their last
+    event, not compared."""
 
     memories: int
     events: int
     mismatches: list[Mismatch]
+    expired: int = 0
 
     @property
     def ok(self) -> bool:
@@ -53,7 +58,8 @@ class VerifyReport:
 async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec) -> LogContents:
     """Read the active generation of the events topic from its beginning to its current end
     (no consumer group), keeping what the apply consumer applies: records in their memory's
-    home partition, valid."""
+    home partition, valid. Holds every event: for tests and small logs (``verify`` and
+    ``replay`` stream instead)."""
     out = LogContents()
     gen = await existing_generation(settings)
     async for records in read_to_end(settings, gen.topic):
@@ -76,79 +82,314 @@ async def read_log(settings: Settings, catalog: MemoryCatalog, codec: AvroCodec)
     return out
 
 
+@dataclass(slots=True)
+class _Memory:
+    """What a fold of one memory's events holds: never the events themselves."""
+
+    policy: MemoryPolicy
+    home: str
+    state: MemoryState = field(default_factory=MemoryState)
+    events: int = 0
+    last_ms: int = 0  # the Kafka timestamp of its last event
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether its TTL ran out since its last event (docs/semantics.md, "Recovery")."""
+        return self.last_ms + self.policy.ttl_ms <= now_ms
+
+
+@dataclass(slots=True)
+class _Group:
+    """One memory's events in one fetched batch, and the Kafka timestamp of the last."""
+
+    policy: MemoryPolicy
+    events: list[LoggedEvent] = field(default_factory=list)
+    last_ms: int = 0
+
+
+@dataclass
+class Progress:
+    """How far a verify or replay is; ``line()`` for a progress view."""
+
+    action: str
+    partitions: int
+    total_records: int = 0  # the partitions' end offsets, as each one starts
+    records: int = 0
+    events: int = 0
+    memories: int = 0
+    partitions_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        """Records read per second so far."""
+        return self.records / max(time.monotonic() - self.started, 1e-9)
+
+    def line(self) -> str:
+        """One line: records read of the total, partitions, memories, rate and ETA."""
+        rate = self.rate
+        left = max(self.total_records - self.records, 0)
+        eta = f"{left / rate:,.0f} s" if rate > 0 and self.total_records else "?"
+        share = f" ({self.records / self.total_records:.0%})" if self.total_records else ""
+        return (
+            f"{self.action}: {self.records:,}/{self.total_records:,} records{share}, "
+            f"{self.partitions_done}/{self.partitions} partitions, {self.memories:,} memories, "
+            f"{self.events:,} events, {rate:,.0f} records/s, ETA {eta}"
+        )
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class ReplayReport:
+    """What ``replay`` wrote (or, with ``dry_run``, would write)."""
+
+    memories: int
+    events: int
+    expired: int
+    dry_run: bool = False
+
+
+class _Reader:
+    """Streams the events topic partition by partition, decoded as the apply consumer
+    decodes it, and reports progress at most once a second."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: MemoryCatalog,
+        codec: AvroCodec,
+        gen: Generation,
+        progress: Progress,
+        report: ProgressFn | None,
+    ) -> None:
+        self.settings, self.catalog, self.codec, self.gen = settings, catalog, codec, gen
+        self.progress = progress
+        self._report = report
+        self._reported = 0.0
+
+    async def batches(
+        self, partition: int, keys: set[str] | None
+    ) -> AsyncIterator[dict[str, _Group]]:
+        """Each fetched batch of ``partition``: its valid events per memory, in log order."""
+        gen, codec, catalog = self.gen, self.codec, self.catalog
+        ends: dict[int, int] = {}
+        counted = False
+        async for records in read_to_end(
+            self.settings, gen.topic, partitions=[partition], ends=ends
+        ):
+            if not counted:
+                self.progress.total_records += ends.get(partition, 0)
+                counted = True
+            grouped: dict[str, _Group] = {}
+            for rec in records:
+                if rec.key is None or gen.home(rec.key) != rec.partition:
+                    continue  # misplaced: the apply consumer dead-letters it
+                try:
+                    decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
+                except (DecodeError, MemstreamError):
+                    continue
+                key = decoded.memory_key
+                if decoded.event is None or (keys is not None and key not in keys):
+                    continue
+                group = grouped.get(key)
+                if group is None:
+                    group = grouped[key] = _Group(decoded.entry.policy)
+                group.events.append(LoggedEvent(rec.offset, decoded.event, decoded.at_ms))
+                group.last_ms = max(group.last_ms, rec.timestamp)
+            self.progress.records += len(records)
+            yield grouped
+            self.tick()
+
+    def tick(self, force: bool = False) -> None:
+        """Report progress (at most once a second unless ``force``)."""
+        now = time.monotonic()
+        if self._report is not None and (force or now - self._reported >= 1.0):
+            self._reported = now
+            self._report(self.progress)
+
+    async def fold(self, partition: int, keys: set[str] | None) -> dict[str, _Memory]:
+        """Every memory of ``partition`` folded from its events (states, not events, kept)."""
+        memories: dict[str, _Memory] = {}
+        home = f"{self.gen.topic}:{partition}"
+        async for grouped in self.batches(partition, keys):
+            for key, group in grouped.items():
+                memory = memories.get(key)
+                if memory is None:
+                    memory = memories[key] = _Memory(group.policy, home)
+                    self.progress.memories += 1
+                memory.state = memory.policy.manager.apply(memory.state, group.events).state
+                memory.events += len(group.events)
+                memory.last_ms = max(memory.last_ms, group.last_ms)
+                self.progress.events += len(group.events)
+        return memories
+
+
+async def _each_partition(
+    settings: Settings,
+    keys: list[str] | None,
+    partitions: list[int] | None,
+    action: str,
+) -> tuple[Generation, list[int], Progress]:
+    gen = await existing_generation(settings)
+    if keys is not None:
+        chosen = sorted({gen.home(k.encode()) for k in keys})
+    elif partitions is not None:
+        bad = [p for p in partitions if not 0 <= p < gen.partitions]
+        if bad:
+            raise MemstreamError(f"{gen.topic} has partitions 0-{gen.partitions - 1}, not {bad[0]}")
+        chosen = sorted(set(partitions))
+    else:
+        chosen = list(range(gen.partitions))
+    return gen, chosen, Progress(action, len(chosen))
+
+
 async def verify(
     settings: Settings,
     catalog: MemoryCatalog,
     codec: AvroCodec,
     store: RedisMemoryStore,
     keys: list[str] | None = None,
+    *,
+    partitions: list[int] | None = None,
+    progress: ProgressFn | None = None,
+    parallel: int = 2,
+    now_ms: int | None = None,
 ) -> VerifyReport:
-    """Compare every memory in Redis with the pure model applied to the log."""
+    """Compare every memory in Redis with the pure model applied to the log, streamed
+    partition by partition (``parallel`` at a time), holding one memory state per memory of
+    the partitions being read, never their events. Memories whose TTL ran out since their
+    last event are not compared (``expired``)."""
     await store.ping()  # a verify that never reached Redis must not pass
-    log = await read_log(settings, catalog, codec)
-    mismatches: list[Mismatch] = []
-    chosen = keys if keys is not None else sorted(log.events)
-    for key in chosen:
-        events = log.events.get(key, [])
-        policy = log.policies.get(key)
-        snap = await store.read(key)
-        if policy is None:
-            if snap.exists:
-                mismatches.append(Mismatch(key, "stored but has no events in the log"))
-            continue
-        expected = policy.manager.apply(MemoryState(), events).state
-        if snap.home is not None and snap.home != log.homes[key]:
-            mismatches.append(Mismatch(key, f"home {snap.home} != {log.homes[key]} of the log"))
-            continue
-        recent = await store.recent_event_ids(key)
-        if list(recent) != list(expected.recent_event_ids):
-            mismatches.append(Mismatch(key, "recent event ids differ from the log"))
-            continue
-        if [m.id for m in snap.messages] != [m.id for m in expected.messages]:
-            mismatches.append(
-                Mismatch(
-                    key,
-                    f"messages {[m.id for m in snap.messages]} != "
-                    f"expected {[m.id for m in expected.messages]}",
-                )
-            )
-        elif snap.messages != expected.messages:
-            mismatches.append(Mismatch(key, "message bodies differ"))
-        elif snap.tokens != expected.tokens_by_category():
-            mismatches.append(Mismatch(key, f"counters {snap.tokens} != messages"))
-        else:
-            # Everything else of the state: offsets, flush sequence and pending flag, savings.
-            want = replace(expected, recent_event_ids=())
-            got = snap.state()
-            diffs = [
-                f"{name} {getattr(got, name)!r} != {getattr(want, name)!r}"
-                for name in want.__struct_fields__
-                if name != "messages" and getattr(got, name) != getattr(want, name)
-            ]
-            if diffs:
-                mismatches.append(Mismatch(key, "; ".join(diffs)))
-    return VerifyReport(len(chosen), sum(len(log.events.get(k, [])) for k in chosen), mismatches)
+    gen, chosen, state = await _each_partition(settings, keys, partitions, "verify")
+    reader = _Reader(settings, catalog, codec, gen, state, progress)
+    wanted = set(keys) if keys is not None else None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    report = VerifyReport(0, 0, [])
+    seen: set[str] = set()
+    limit = asyncio.Semaphore(max(parallel, 1))
+
+    async def one(partition: int) -> None:
+        async with limit:
+            memories = await reader.fold(partition, wanted)
+            seen.update(memories)
+            for key, memory in sorted(memories.items()):
+                report.memories += 1
+                report.events += memory.events
+                if memory.expired(now):
+                    report.expired += 1
+                    continue
+                mismatch = await _compare(store, key, memory)
+                if mismatch is not None:
+                    report.mismatches.append(mismatch)
+            state.partitions_done += 1
+            reader.tick()
+
+    await asyncio.gather(*(one(p) for p in chosen))
+    for key in sorted((wanted or set()) - seen):
+        # Asked for, without events in the log: it must not be stored either.
+        report.memories += 1
+        if (await store.read(key, start=0, stop=0)).exists:
+            report.mismatches.append(Mismatch(key, "stored but has no events in the log"))
+    reader.tick(force=True)
+    return report
+
+
+async def _compare(store: RedisMemoryStore, key: str, memory: _Memory) -> Mismatch | None:
+    """How the stored memory differs from the fold of its events (None: it does not)."""
+    expected = memory.state
+    snap = await store.read(key)
+    if snap.home is not None and snap.home != memory.home:
+        return Mismatch(key, f"home {snap.home} != {memory.home} of the log")
+    recent = await store.recent_event_ids(key)
+    if list(recent) != list(expected.recent_event_ids):
+        return Mismatch(key, "recent event ids differ from the log")
+    if [m.id for m in snap.messages] != [m.id for m in expected.messages]:
+        return Mismatch(
+            key,
+            f"messages {[m.id for m in snap.messages]} != "
+            f"expected {[m.id for m in expected.messages]}",
+        )
+    if snap.messages != expected.messages:
+        return Mismatch(key, "message bodies differ")
+    if snap.tokens != expected.tokens_by_category():
+        return Mismatch(key, f"counters {snap.tokens} != messages")
+    # Everything else of the state: offsets, flush sequence and pending flag, savings.
+    want = replace(expected, recent_event_ids=())
+    got = snap.state()
+    diffs = [
+        f"{name} {getattr(got, name)!r} != {getattr(want, name)!r}"
+        for name in want.__struct_fields__
+        if name != "messages" and getattr(got, name) != getattr(want, name)
+    ]
+    return Mismatch(key, "; ".join(diffs)) if diffs else None
 
 
 async def replay(
-    settings: Settings, catalog: MemoryCatalog, codec: AvroCodec, store: RedisMemoryStore
-) -> int:
-    """Rebuild every memory of the log into Redis (idempotent: applied offsets are skipped).
+    settings: Settings,
+    catalog: MemoryCatalog,
+    codec: AvroCodec,
+    store: RedisMemoryStore,
+    *,
+    keys: list[str] | None = None,
+    partitions: list[int] | None = None,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    parallel: int = 2,
+    now_ms: int | None = None,
+) -> ReplayReport:
+    """Rebuild the memories of the log into Redis (idempotent: applied offsets are skipped),
+    streamed partition by partition (``parallel`` at a time) in two passes: the first finds
+    each memory's last event, the second writes each fetched batch's events of the memories
+    whose TTL has not run out since then, with what remains of it. Holds per memory its last
+    event time, never its events beyond a batch. ``dry_run`` writes nothing.
 
-    To recover a lost Redis, run it against the empty Redis while the apply consumer is
-    stopped; returns how many memories were written.
+    To recover a lost Redis, run it while the apply consumers are stopped.
     """
     await store.ping()
-    log = await read_log(settings, catalog, codec)
-    batches = [
-        KeyBatch(k, log.policies[k], events, home=log.homes[k]) for k, events in log.events.items()
-    ]
-    for start in range(0, len(batches), 500):
-        outcomes = await store.apply(batches[start : start + 500], "replay")
-        refused = [o for o in outcomes if o.result is None]
-        if refused:
-            raise MemstreamError(
-                f"replay refused for {len(refused)} memories, e.g. {refused[0].memory_key}: "
-                f"{refused[0].status.value}"
-            )
-    return len(batches)
+    gen, chosen, state = await _each_partition(settings, keys, partitions, "replay")
+    reader = _Reader(settings, catalog, codec, gen, state, progress)
+    wanted = set(keys) if keys is not None else None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    report = ReplayReport(0, 0, 0, dry_run)
+    limit = asyncio.Semaphore(max(parallel, 1))
+
+    async def one(partition: int) -> None:
+        async with limit:
+            last: dict[str, tuple[int, int, int]] = {}  # key -> (last event ms, TTL, events)
+            async for grouped in reader.batches(partition, wanted):
+                for key, group in grouped.items():
+                    at, n = group.last_ms, len(group.events)
+                    before = last.get(key)
+                    if before is not None:
+                        last[key] = (max(at, before[0]), group.policy.ttl_ms, before[2] + n)
+                    else:
+                        last[key] = (at, group.policy.ttl_ms, n)
+            alive = {k: at + ttl - now for k, (at, ttl, _) in last.items() if at + ttl > now}
+            report.expired += len(last) - len(alive)
+            report.memories += len(alive)
+            report.events += sum(last[k][2] for k in alive)
+            state.memories += len(alive)
+            if dry_run or not alive:
+                state.partitions_done += 1
+                return
+            home = f"{gen.topic}:{partition}"
+            async for grouped in reader.batches(partition, set(alive)):
+                batches = [
+                    KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(alive[key], 1))
+                    for key, g in grouped.items()
+                ]
+                for start in range(0, len(batches), 500):
+                    outcomes = await store.apply(batches[start : start + 500], "replay")
+                    refused = [o for o in outcomes if o.result is None]
+                    if refused:
+                        raise MemstreamError(
+                            f"replay refused for {len(refused)} memories, e.g. "
+                            f"{refused[0].memory_key}: {refused[0].status.value}"
+                        )
+                state.events += sum(len(b.events) for b in batches)
+            state.partitions_done += 1
+
+    await asyncio.gather(*(one(p) for p in chosen))
+    reader.tick(force=True)
+    return report

@@ -75,6 +75,9 @@ class KeyBatch(Value, frozen=True):
     events: Sequence[LoggedEvent]
     epoch: int = -1
     home: str = ""
+    # The memory's keys expire this long after the write (0: the policy's TTL); a replay
+    # gives a memory what remains of its TTL since its last event (docs/semantics.md).
+    ttl_ms: int = 0
 
 
 class KeyOutcome(Value, frozen=True):
@@ -388,7 +391,7 @@ class RedisMemoryStore:
             token,
             b.epoch,
             cached.version,
-            policy.ttl_ms,
+            b.ttl_ms or policy.ttl_ms,
             (policy.lock_ttl_ms if renews else -1) if hold else 0,
             policy.lock_ttl_ms,
             new.base,
