@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python -m benchmarks restart || $(BIN)/python -m benchmarks restart
 	$(BIN)/python -m benchmarks latency || $(BIN)/python -m benchmarks latency
 	$(BIN)/python -m benchmarks wait || $(BIN)/python -m benchmarks wait
+	$(BIN)/python -m benchmarks recovery || $(BIN)/python -m benchmarks recovery
 
 clean: stack-down
 	rm -rf $(VENV) .memstream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import latency, pipeline, restart, store, tokens, wait
+from benchmarks import latency, pipeline, recovery, restart, store, tokens, wait
 from consumers.lifecycle import tune_gc
 from consumers.settings import Settings
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "restart": restart.run,
     "latency": latency.run,  # only some of its targets gate (latency.GATING)
     "wait": wait.run,
+    "recovery": recovery.run,
 }
 
 

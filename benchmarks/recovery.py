@@ -1,0 +1,116 @@
+"""Recovery at scale: ``memstream verify`` in bounded memory while the log grows tenfold, and
+``replay``'s throughput against the apply consumer's over the same log.
+
+The log holds ``KEYS`` memories; it is measured with ``TURNS`` events per memory, then again
+after nine times as many more were appended to the same memories. ``verify`` runs as its own
+process each time and its peak RSS is read from the kernel (``wait4``); streaming, it holds
+one state per memory, so the peak must not follow the log. Replay and the apply consumer then
+each rebuild the tenfold log into fresh keys, timed in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from benchmarks.common import Result, isolated
+from benchmarks.pipeline import LINES, MEMORIES, _memstream
+from consumers.bootstrap import build_app
+from consumers.events import appended_payload, envelope
+from consumers.settings import Settings
+from consumers.topics import ensure_topics
+from consumers.verify import replay
+from memory_core import Draft, Role
+from schemas import MEMORY_EVENT
+
+MEMSTREAM = Path(sys.executable).parent / "memstream"
+KEYS = 2_000
+TURNS = 5
+GROWTH = 10
+_FIELDS = ("kafka_bootstrap", "redis_url", "events_topic", "key_prefix", "memories_file",
+           "cache_dir", "dlq_topic", "flush_topic")  # fmt: skip
+
+
+async def _produce(settings: Settings, first_turn: int, turns: int) -> int:
+    async with build_app(settings) as app:
+        now = int(time.time() * 1000)
+        for turn in range(first_turn, first_turn + turns):
+            futures = []
+            for k in range(KEYS):
+                role = Role.USER if turn % 2 == 0 else Role.ASSISTANT
+                draft = Draft(f"m{k}.{turn}", role, LINES[(k + turn) % len(LINES)], now)
+                record = envelope(f"bench:{k}", "bench", now, appended_payload(draft))
+                futures.append(
+                    await app.producer._producer.send(
+                        settings.events_topic,
+                        app.codec.encode(MEMORY_EVENT, record),
+                        key=f"bench:{k}".encode(),
+                    )
+                )
+            await asyncio.gather(*futures)
+    return KEYS * turns
+
+
+def _verify_peak_mib(settings: Settings) -> float:
+    """Peak RSS of a ``memstream verify --quiet`` process over the whole log, in MiB."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSTREAM_")}
+    env.update({f"MEMSTREAM_{f.upper()}": str(getattr(settings, f)) for f in _FIELDS})
+    proc = subprocess.Popen(
+        [str(MEMSTREAM), "verify", "--quiet"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # Exit 1: mismatches (Redis holds nothing here); anything else is a failure.
+    if proc.returncode not in (0, 1):
+        assert proc.stderr is not None
+        raise RuntimeError(f"verify failed: {proc.stderr.read().decode()[-500:]}")
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+async def _replay_rate(settings: Settings, total: int) -> float:
+    run = settings.model_copy(update={"key_prefix": f"rp{uuid.uuid4().hex[:6]}"})
+    async with build_app(run) as app:
+        started = time.perf_counter()
+        report = await replay(run, app.catalog, app.codec, app.store)
+        elapsed = time.perf_counter() - started
+    if report.events != total:
+        raise RuntimeError(f"replay wrote {report.events} of {total} events")
+    return total / elapsed
+
+
+async def _run(settings: Settings) -> Result:
+    run = isolated(settings, MEMORIES, "rec")
+    await ensure_topics(run)
+    small = await _produce(run, 0, TURNS)
+    before = _verify_peak_mib(run)
+    total = small + await _produce(run, TURNS, TURNS * (GROWTH - 1))
+    after = _verify_peak_mib(run)
+    replay_rate = await _replay_rate(run, total)
+    apply_rate = await _memstream(run, total)
+    return Result(
+        name="recovery",
+        figures={
+            f"verify peak RSS MiB, {small:,} events": before,
+            f"verify peak RSS MiB, {total:,} events": after,
+            "replay events/s (two passes)": replay_rate,
+            "apply consumer events/s": apply_rate,
+        },
+        ratios={
+            # Flat memory: 1 means the tenfold log took no more memory (higher is better).
+            "RSS before / after tenfold log": before / after,
+            "replay / apply consumer throughput": replay_rate / apply_rate,
+        },
+        targets={"RSS before / after tenfold log": 0.8},
+        params={"memories": KEYS, "events before": small, "events after": total},
+    )
+
+
+def run(settings: Settings) -> Result:
+    """Verify's peak RSS as the log grows tenfold; replay's throughput against apply's."""
+    return asyncio.run(_run(settings))
