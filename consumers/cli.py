@@ -11,7 +11,7 @@ import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +44,7 @@ from memory_core import (
     UnconfirmedWriteError,
     WriteOutcome,
     WriteOutcomeStatus,
+    build_prompt,
     encoding_for_model,
     message_view,
 )
@@ -443,11 +444,25 @@ def show(
     offset: Annotated[int, typer.Option(min=0, help="First message shown")] = 0,
     limit: Annotated[int, typer.Option(min=1, help="Messages shown at most")] = 1000,
     memory_id: Annotated[str | None, typer.Option(help=_MEMORY_ID_HELP)] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="The memory as it was at this time (ISO 8601, or epoch ms), from the log"
+        ),
+    ] = None,
+    at_offset: Annotated[
+        int | None,
+        typer.Option(help="The memory as it was after this offset of its home partition"),
+    ] = None,
 ) -> None:
     """Print a memory's messages and health, or (--prompt) the memory as a prompt with its
-    exact token bill. Exit 4 if the memory does not exist."""
+    exact token bill; with --at/--at-offset, as it was then (rebuilt from the log). Exit 4
+    if the memory does not exist."""
     if max_tokens is not None and not prompt:
         raise _fail("--max-tokens goes with --prompt", EXIT_USAGE)
+    if at is not None or at_offset is not None:
+        _show_at(key, at, at_offset, as_json or prompt, prompt, max_tokens, memory_id)
+        return
 
     async def go() -> tuple[AsyncSafeMemoryInstance, Page | Prompt, MemoryHealth]:
         # Redis only: a read must work while Kafka is down.
@@ -504,6 +519,73 @@ def show(
         console.print(f"  … {shown.total - after} more: --offset {after}")
     for name, value in health.as_dict().items():
         console.print(f"  {name}: {value}")
+
+
+def _epoch_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(f"--at {text!r}: give an ISO 8601 time or epoch ms", EXIT_USAGE) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _show_at(
+    key: str,
+    at: str | None,
+    at_offset: int | None,
+    as_json: bool,
+    prompt: bool,
+    max_tokens: int | None,
+    memory_id: str | None,
+) -> None:
+    """``show --at/--at-offset``: the memory folded from the log up to that point."""
+    from consumers.verify import memory_at
+
+    if at is not None and at_offset is not None:
+        raise _fail("give --at or --at-offset, not both", EXIT_USAGE)
+    at_ms = _epoch_ms(at) if at is not None else None
+
+    async def go() -> tuple[Any, Any]:
+        async with _reader() as (settings, catalog, codec, _store):
+            entry = catalog.resolve(key, memory_id)
+            point = await memory_at(settings, catalog, codec, key, offset=at_offset, at_ms=at_ms)
+            return point, entry
+
+    try:
+        point, entry = asyncio.run(go())
+    except MemstreamError as exc:
+        raise _failed(exc) from None
+    messages = point.state.messages
+    if not point.events:
+        raise _fail(
+            f"memory {key} had no events up to offset {point.offset} of its partition",
+            EXIT_NOT_FOUND,
+        )
+    as_of = {"offset": point.offset, "events": point.events}
+    if prompt:
+        try:
+            made = build_prompt(messages, entry.counter, max_tokens)
+        except PromptBudgetError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from None
+        typer.echo(json.dumps({"memory_key": key, "as_of": as_of, **made.as_dict()}, indent=2))
+        return
+    if as_json:
+        body = {"memory_key": key, "as_of": as_of, "messages": [message_view(m) for m in messages]}
+        typer.echo(json.dumps(body, indent=2))
+        return
+    console = Console()
+    title = f"{key} after offset {point.offset} ({len(messages)} messages)"
+    table = Table(title=title)
+    for col in ("#", "role", "kind", "tokens", "content"):
+        table.add_column(col)
+    for i, m in enumerate(messages):
+        content = m.content if len(m.content) < 90 else m.content[:87] + "…"
+        table.add_row(str(i), m.role.value, m.kind.value, str(m.tokens), content)
+    console.print(table)
 
 
 @app.command("list")

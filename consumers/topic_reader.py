@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -18,7 +18,7 @@ async def read_to_end(
     missing_ok: bool = False,
     partitions: Iterable[int] | None = None,
     ends: dict[int, int] | None = None,
-) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+) -> AsyncGenerator[list[ConsumerRecord[bytes, bytes]], None]:
     """Every record of ``topic`` (of ``partitions`` only, when given) up to its current end,
     a fetched batch of one partition at a time (offset order within a partition). No group,
     nothing committed. ``ends``, when given, receives each partition's end offset before the

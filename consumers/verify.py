@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
+from aiokafka.structs import TopicPartition
+
 from consumers.catalog import MemoryCatalog
+from consumers.connections import kafka_consumer
 from consumers.events import to_domain
 from consumers.generations import Generation, existing_generation
 from consumers.settings import Settings
@@ -169,37 +173,43 @@ class _Reader:
         self._reported = 0.0
 
     async def batches(
-        self, partition: int, keys: set[str] | None
-    ) -> AsyncIterator[dict[str, _Group]]:
-        """Each fetched batch of ``partition``: its valid events per memory, in log order."""
+        self, partition: int, keys: set[str] | None, upto: int | None = None
+    ) -> AsyncGenerator[dict[str, _Group], None]:
+        """Each fetched batch of ``partition``: its valid events per memory, in log order
+        (up to offset ``upto`` inclusive, when given)."""
         gen, codec, catalog = self.gen, self.codec, self.catalog
         ends: dict[int, int] = {}
         counted = False
-        async for records in read_to_end(
-            self.settings, gen.topic, partitions=[partition], ends=ends
-        ):
-            if not counted:
-                self.progress.total_records += ends.get(partition, 0)
-                counted = True
-            grouped: dict[str, _Group] = {}
-            for rec in records:
-                if rec.key is None or gen.home(rec.key) != rec.partition:
-                    continue  # misplaced: the apply consumer dead-letters it
-                try:
-                    decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
-                except (DecodeError, MemstreamError):
-                    continue
-                key = decoded.memory_key
-                if decoded.event is None or (keys is not None and key not in keys):
-                    continue
-                group = grouped.get(key)
-                if group is None:
-                    group = grouped[key] = _Group(decoded.entry.policy)
-                group.events.append(LoggedEvent(rec.offset, decoded.event, decoded.at_ms))
-                group.last_ms = max(group.last_ms, rec.timestamp)
-            self.progress.records += len(records)
-            yield grouped
-            self.tick()
+        # Closed even when the caller stops early (a point in time): its consumer stops.
+        fetched = read_to_end(self.settings, gen.topic, partitions=[partition], ends=ends)
+        async with contextlib.aclosing(fetched) as stream:
+            async for records in stream:
+                if not counted:
+                    self.progress.total_records += ends.get(partition, 0)
+                    counted = True
+                if upto is not None and records[0].offset > upto:
+                    return
+                grouped: dict[str, _Group] = {}
+                for rec in records:
+                    if upto is not None and rec.offset > upto:
+                        break
+                    if rec.key is None or gen.home(rec.key) != rec.partition:
+                        continue  # misplaced: the apply consumer dead-letters it
+                    try:
+                        decoded = to_domain(codec.decode(MEMORY_EVENT, rec.value), rec.key, catalog)
+                    except (DecodeError, MemstreamError):
+                        continue
+                    key = decoded.memory_key
+                    if decoded.event is None or (keys is not None and key not in keys):
+                        continue
+                    group = grouped.get(key)
+                    if group is None:
+                        group = grouped[key] = _Group(decoded.entry.policy)
+                    group.events.append(LoggedEvent(rec.offset, decoded.event, decoded.at_ms))
+                    group.last_ms = max(group.last_ms, rec.timestamp)
+                self.progress.records += len(records)
+                yield grouped
+                self.tick()
 
     def tick(self, force: bool = False) -> None:
         """Report progress (at most once a second unless ``force``)."""
@@ -393,3 +403,65 @@ async def replay(
     await asyncio.gather(*(one(p) for p in chosen))
     reader.tick(force=True)
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class PointInTime:
+    """A memory as it was: its state after every event of its home partition up to
+    ``offset`` (inclusive; -1: before any), folded from the log."""
+
+    memory_key: str
+    state: MemoryState
+    offset: int
+    events: int
+
+
+async def memory_at(
+    settings: Settings,
+    catalog: MemoryCatalog,
+    codec: AvroCodec,
+    memory_key: str,
+    *,
+    offset: int | None = None,
+    at_ms: int | None = None,
+) -> PointInTime:
+    """``memory_key`` as it was after the event at ``offset`` of its home partition, or
+    after every event appended before ``at_ms`` (Kafka timestamps; docs/semantics.md,
+    "Recovery"). Reads the partition from its beginning up to that point only."""
+    if (offset is None) == (at_ms is None):
+        raise ValueError("give exactly one of offset and at_ms")
+    gen = await existing_generation(settings)
+    partition = gen.home(memory_key.encode())
+    if at_ms is not None:
+        offset = await _last_offset_before(settings, gen.topic, partition, at_ms)
+    assert offset is not None
+    progress = Progress("point in time", 1)
+    reader = _Reader(settings, catalog, codec, gen, progress, None)
+    memory: _Memory | None = None
+    home = f"{gen.topic}:{partition}"
+    async with contextlib.aclosing(reader.batches(partition, {memory_key}, upto=offset)) as it:
+        async for grouped in it:
+            group = grouped.get(memory_key)
+            if group is None:
+                continue
+            if memory is None:
+                memory = _Memory(group.policy, home)
+            memory.state = memory.policy.manager.apply(memory.state, group.events).state
+            memory.events += len(group.events)
+    state = memory.state if memory is not None else MemoryState()
+    return PointInTime(memory_key, state, offset, memory.events if memory is not None else 0)
+
+
+async def _last_offset_before(settings: Settings, topic: str, partition: int, at_ms: int) -> int:
+    """The offset of the last record of ``topic:partition`` appended before ``at_ms``."""
+    consumer = kafka_consumer(settings, group_id=None, enable_auto_commit=False)
+    tp = TopicPartition(topic, partition)
+    try:
+        await consumer.start()
+        found = await consumer.offsets_for_times({tp: at_ms})
+        at = found.get(tp)
+        if at is not None:
+            return int(at.offset) - 1
+        return int((await consumer.end_offsets([tp]))[tp]) - 1  # nothing at or after it
+    finally:
+        await consumer.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
@@ -34,6 +34,7 @@ from consumers.api.models import (
 from consumers.bootstrap import App
 from consumers.catalog import ResourceError
 from consumers.health import Probes, health_routes
+from consumers.verify import PointInTime, memory_at
 from memory_core import (
     AsyncSafeMemoryInstance,
     Draft,
@@ -46,6 +47,7 @@ from memory_core import (
     UnconfirmedWriteError,
     WriteOutcome,
     WriteOutcomeStatus,
+    build_prompt,
     message_view,
     validate_memory_key,
 )
@@ -190,17 +192,44 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
                 break
         return MemoriesOut(memories=found, cursor=None if at == "0" else at)
 
+    async def past(key: str, who: Caller, at: str | None, at_offset: int | None) -> PointInTime:
+        """The memory as it was (``?at=`` ISO 8601 or epoch ms, ``?at_offset=``)."""
+        memory(key, who)
+        if at is not None and at_offset is not None:
+            raise _HttpError(400, "invalid_request", "give at or at_offset, not both")
+        at_ms = None
+        if at is not None:
+            try:
+                at_ms = int(at) if at.isdigit() else _iso_ms(at)
+            except ValueError:
+                raise _HttpError(400, "invalid_time", f"at={at!r}: ISO 8601 or epoch ms") from None
+        point = await memory_at(
+            settings, app.catalog, app.codec, key, offset=at_offset, at_ms=at_ms
+        )
+        if not point.events:
+            raise _HttpError(
+                404, "not_found", f"memory {key} had no events up to offset {point.offset}"
+            )
+        return point
+
     @api.get("/v1/memories/{key:path}/prompt", response_model=PromptOut, tags=["memories"])
     async def prompt(
         key: str,
         who: Authorized,
         max_tokens: Annotated[int | None, Query(ge=1)] = None,
+        at: str | None = None,
+        at_offset: Annotated[int | None, Query(ge=0)] = None,
     ) -> PromptOut:
         """The memory as Chat Completions messages with ``prompt_tokens``, the exact bill;
-        ``max_tokens`` keeps system messages and the newest whole tool units that fit."""
-        mem = await existing(key, who)
+        ``max_tokens`` keeps system messages and the newest whole tool units that fit;
+        ``at``/``at_offset``: as it was then, rebuilt from the log."""
         try:
-            made = await mem.prompt(max_tokens)
+            if at is None and at_offset is None:
+                made = await (await existing(key, who)).prompt(max_tokens)
+            else:
+                point = await past(key, who, at, at_offset)
+                counter = app.catalog.resolve(key).counter
+                made = build_prompt(point.state.messages, counter, max_tokens)
         except PromptBudgetError as exc:
             raise _HttpError(422, "budget_too_small", str(exc)) from None
         return PromptOut(memory_key=key, **made.as_dict())
@@ -282,8 +311,22 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
         who: Authorized,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
+        at: str | None = None,
+        at_offset: Annotated[int | None, Query(ge=0)] = None,
     ) -> MessagesOut:
-        """One page of the memory's messages, oldest first."""
+        """One page of the memory's messages, oldest first; ``at``/``at_offset``: as it was
+        then, rebuilt from the log."""
+        if at is not None or at_offset is not None:
+            held = (await past(key, who, at, at_offset)).state.messages
+            return MessagesOut(
+                memory_key=key,
+                memory_id=app.catalog.resolve(key).config.id,
+                messages=[message_view(m) for m in held[offset : offset + limit]],
+                offset=offset,
+                limit=limit,
+                total=len(held),
+                has_more=offset + limit < len(held),
+            )
         mem = await existing(key, who)
         page = await mem.read_paginated(offset, limit)
         return MessagesOut(
@@ -301,6 +344,13 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
             api.router.routes.append(route)
     api.add_middleware(_BodyLimit, limit=settings.http_max_body_bytes)
     return api
+
+
+def _iso_ms(text: str) -> int:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _version() -> str:

@@ -239,6 +239,14 @@ def test_show_pages_a_memory_prints_its_prompt_and_lists_memories(
     missing = _invoke("show", _key())
     assert missing.exit_code == 4
     assert "does not exist" in missing.stderr and "Traceback" not in missing.output
+    # As it was one event earlier, rebuilt from the log (only this memory is in its topic).
+    last = page["health"]["last_applied_offset"]
+    then = _invoke("show", key, "--json", "--at-offset", str(last - 1))
+    assert then.exit_code == 0, then.output
+    assert [m["id"] for m in json.loads(then.stdout)["messages"]] == ["m0", "m1", "m2"]
+    assert json.loads(then.stdout)["as_of"] == {"offset": last - 1, "events": 3}
+    early = _invoke("show", key, "--at", "2001-01-01T00:00:00Z")
+    assert early.exit_code == 4 and "had no events" in early.stderr
     listed = _invoke("list", key.rsplit(":", 1)[0])
     assert listed.exit_code == 0 and key in listed.stdout.split()
     version = _invoke("--version")

@@ -116,6 +116,12 @@ async def test_append_read_page_prompt_flush_and_clear(api: Api) -> None:
         assert [o["status"] for o in outcomes] == ["applied"] * 5
         assert outcomes[1]["message_id"] == "m1" and outcomes[1]["event_id"] == "e1"
 
+        # As it was after the third event (the log, folded to that offset).
+        then = await http.get(f"/v1/memories/{key}", params={"at_offset": outcomes[2]["offset"]})
+        assert then.status_code == 200, then.text
+        assert [m.get("id") for m in then.json()["messages"]][1:] == ["m1", "m2"]
+        past = await http.get(f"/v1/memories/{key}/prompt", params={"at": "2001-01-01T00:00:00Z"})
+        assert past.status_code == 404 and past.json()["error"] == "not_found"
         page = (await http.get(f"/v1/memories/{key}", params={"limit": 2})).json()
         assert (page["total"], page["has_more"], len(page["messages"])) == (5, True, 2)
         rest = (await http.get(f"/v1/memories/{key}", params={"limit": 2, "offset": 4})).json()

@@ -4,6 +4,7 @@ narrow the read, --dry-run writes nothing, progress is reported."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 
@@ -12,9 +13,11 @@ from aiokafka import AIOKafkaProducer
 from consumers.bootstrap import App
 from consumers.events import appended_payload, envelope
 from consumers.generations import active_generation
-from consumers.verify import Progress, replay, verify
+from consumers.verify import Progress, memory_at, read_log, replay, verify
 from memory_core import Draft, Role
 from schemas import MEMORY_EVENT
+from tests.integration.test_ordering import produce_concurrently, workload
+from tests.reference_model import ReferenceMemory
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -107,3 +110,33 @@ async def test_key_and_partition_options_read_and_write_only_what_they_name(
         assert "partitions 0-" in str(exc)
     else:
         raise AssertionError("partition 99 was accepted")
+
+
+async def test_a_memory_at_any_point_equals_the_model_of_its_events_up_to_there(
+    app: App, names: str
+) -> None:
+    conversations = workload(seed=41, prefix=names, keys=3, events=40)
+    await produce_concurrently(app, conversations)
+    log = await read_log(app.settings, app.catalog, app.codec)
+    entry = app.catalog.get("chat")
+    assert entry is not None
+    rng = random.Random(5)
+    for conv in conversations:
+        events = log.events[conv.memory_key]
+        for cut in sorted(rng.sample(range(len(events)), 4)):
+            point = await memory_at(
+                app.settings, app.catalog, app.codec, conv.memory_key, offset=events[cut].offset
+            )
+            reference = ReferenceMemory(entry.config.budget, entry.config.flushing.threshold)
+            reference.apply_all(events[: cut + 1])
+            assert point.events == cut + 1
+            assert [m.id for m in point.state.messages] == [m.id for m in reference.messages]
+            assert point.state.last_offset == events[cut].offset
+    # By time: before the first event, nothing; now, everything.
+    key = conversations[0].memory_key
+    before = await memory_at(app.settings, app.catalog, app.codec, key, at_ms=1)
+    assert before.events == 0 and before.state.messages == ()
+    now = await memory_at(
+        app.settings, app.catalog, app.codec, key, at_ms=int(time.time() * 1000) + 60_000
+    )
+    assert now.events == len(log.events[key])
