@@ -132,6 +132,7 @@ class Runner(Component):
             ready.append(self._check_temporal)
         if "apply" in self.roles:
             ready.append(self._check_partitions)
+            ready.append(self._check_restoring)
             if self.app.settings.ready_max_lag is not None:
                 ready.append(self._check_lag)
         return Probes(live=self.live_roles, ready=ready)
@@ -164,6 +165,13 @@ class Runner(Component):
             False,
             "none assigned (joining, or more apply consumers than partitions)",
         )
+
+    async def _check_restoring(self) -> Check:
+        restoring = self.consumer.restoring if self.consumer is not None else frozenset()
+        if not restoring:
+            return Check("apply.restore", True)
+        names = ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(restoring))
+        return Check("apply.restore", False, f"restoring {names} from the log (Redis lost it)")
 
     async def _check_lag(self) -> Check:
         bound = self.app.settings.ready_max_lag

@@ -139,6 +139,9 @@ class Telemetry:
         self.flush_duration = meter.create_histogram("memstream.flush.duration", "s")
         self.flush_failures = meter.create_counter("memstream.flush.failures", "{attempt}")
         self.flush_retries = meter.create_counter("memstream.flush.retries", "{attempt}")
+        # Partitions restored from the log after Redis lost their state (apply/restore.py).
+        self.restores = meter.create_counter("memstream.restores", "{partition}")
+        self.restored_events = meter.create_counter("memstream.restore.events", "{event}")
         # Counters of failures start at 0, so a dashboard's rate() and an alert see a series
         # (0, not "no data") before the first failure.
         for zero in (
@@ -148,6 +151,8 @@ class Telemetry:
             self.flush_dispatch_failures,
             self.flush_failures,
             self.flush_retries,
+            self.restores,
+            self.restored_events,
         ):
             zero.add(0)
         self.lock_contention.add(0, {"outcome": "refused"})
@@ -159,9 +164,13 @@ class Telemetry:
             tuple[Callable[[], Mapping[tuple[str, int], float]], Callable[[], str]]
         ] = []
         self._role_sources: list[Callable[[], Mapping[str, bool]]] = []
+        self._restoring_sources: list[Callable[[], int]] = []
         meter.create_observable_gauge("memstream.consumer.lag", [self._observe_lag], "{message}")
         meter.create_observable_gauge("memstream.consumer.lag.age", [self._observe_lag_age], "s")
         meter.create_observable_gauge("memstream.role.up", [self._observe_roles], "1")
+        meter.create_observable_gauge(
+            "memstream.restore.partitions", [self._observe_restoring], "{partition}"
+        )
 
     @classmethod
     def from_environment(cls, *, prometheus: bool = False) -> Telemetry:
@@ -205,6 +214,13 @@ class Telemetry:
         """Register a callable giving, per (topic, partition), the age in seconds of the
         oldest event not yet applied (0 when none is), and one giving its consumer group."""
         self._age_sources.append((source, group))
+
+    def add_restoring_source(self, source: Callable[[], int]) -> None:
+        """Register a callable giving how many partitions are being restored (or wait to)."""
+        self._restoring_sources.append(source)
+
+    def _observe_restoring(self, _options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(sum(source() for source in self._restoring_sources))
 
     def add_role_source(self, source: Callable[[], Mapping[str, bool]]) -> None:
         """Register a callable giving each role's liveness (1 up, 0 down at collection)."""

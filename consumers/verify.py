@@ -240,8 +240,9 @@ async def _each_partition(
     keys: list[str] | None,
     partitions: list[int] | None,
     action: str,
+    generation: Generation | None = None,
 ) -> tuple[Generation, list[int], Progress]:
-    gen = await existing_generation(settings)
+    gen = generation or await existing_generation(settings)
     if keys is not None:
         chosen = sorted({gen.home(k.encode()) for k in keys})
     elif partitions is not None:
@@ -347,17 +348,21 @@ async def replay(
     progress: ProgressFn | None = None,
     parallel: int = 2,
     now_ms: int | None = None,
+    upto: int | None = None,
+    owner: str = "replay",
+    generation: Generation | None = None,
 ) -> ReplayReport:
     """Rebuild the memories of the log into Redis (idempotent: applied offsets are skipped),
     streamed partition by partition (``parallel`` at a time) in two passes: the first finds
     each memory's last event, the second writes each fetched batch's events of the memories
     whose TTL has not run out since then, with what remains of it. Holds per memory its last
-    event time, never its events beyond a batch. ``dry_run`` writes nothing.
+    event time, never its events beyond a batch. ``dry_run`` writes nothing; ``upto`` stops
+    at that offset (inclusive; an apply consumer restoring one partition).
 
     To recover a lost Redis, run it while the apply consumers are stopped.
     """
     await store.ping()
-    gen, chosen, state = await _each_partition(settings, keys, partitions, "replay")
+    gen, chosen, state = await _each_partition(settings, keys, partitions, "replay", generation)
     reader = _Reader(settings, catalog, codec, gen, state, progress)
     wanted = set(keys) if keys is not None else None
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -367,7 +372,7 @@ async def replay(
     async def one(partition: int) -> None:
         async with limit:
             last: dict[str, tuple[int, int, int]] = {}  # key -> (last event ms, TTL, events)
-            async for grouped in reader.batches(partition, wanted):
+            async for grouped in reader.batches(partition, wanted, upto):
                 for key, group in grouped.items():
                     at, n = group.last_ms, len(group.events)
                     before = last.get(key)
@@ -384,13 +389,13 @@ async def replay(
                 state.partitions_done += 1
                 return
             home = f"{gen.topic}:{partition}"
-            async for grouped in reader.batches(partition, set(alive)):
+            async for grouped in reader.batches(partition, set(alive), upto):
                 batches = [
                     KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(alive[key], 1))
                     for key, g in grouped.items()
                 ]
                 for start in range(0, len(batches), 500):
-                    outcomes = await store.apply(batches[start : start + 500], "replay")
+                    outcomes = await store.apply(batches[start : start + 500], owner)
                     refused = [o for o in outcomes if o.result is None]
                     if refused:
                         raise MemstreamError(

@@ -25,6 +25,7 @@ from consumers.apply.accounting import (
 from consumers.apply.checkpoint import Checkpoints
 from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.outputs import BatchOutputs
+from consumers.apply.restore import Restorer
 from consumers.catalog import MemoryCatalog
 from consumers.connections import kafka_consumer, kafka_producer
 from consumers.generations import (
@@ -37,6 +38,7 @@ from consumers.generations import (
 from consumers.lifecycle import BatchCollection, Component, run_steps
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
+from consumers.verify import ReplayReport
 from memory_core import MemstreamError
 from memory_core.privacy import shown_key
 from memory_core.redis import AppliedNotices, KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus
@@ -63,12 +65,15 @@ async def _started(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: ApplyConsumer) -> None:
         self.owner = owner
+        # Set before the consumer starts: its first assignment comes while it starts.
+        self.consumer: AIOKafkaConsumer | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.owner._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.owner._on_assigned(assigned)
+        assert self.consumer is not None
+        await self.owner._on_assigned(assigned, self.consumer)
 
 
 class ApplyConsumer(Component):
@@ -121,6 +126,11 @@ class ApplyConsumer(Component):
             else None
         )
         self._announcing: set[asyncio.Task[None]] = set()
+        # Partitions whose state Redis lost, paused until restored from the log.
+        self._lost: set[TopicPartition] = set()
+        self._restorer = Restorer(settings, catalog, codec, store, telemetry)
+        # Each restore done, with what it wrote (for tests and progress views).
+        self.restored: list[tuple[TopicPartition, ReplayReport]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,6 +151,7 @@ class ApplyConsumer(Component):
         await self._join(gen)
         self.telemetry.add_lag_source(self.lag, self.group)
         self.telemetry.add_lag_age_source(self.lag_age, self.group)
+        self.telemetry.add_restoring_source(lambda: len(self._lost))
 
     async def _join(self, gen: Generation) -> None:
         self._decoder = Decoder(
@@ -157,7 +168,9 @@ class ApplyConsumer(Component):
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
         )
-        consumer.subscribe([gen.topic], listener=_Rebalance(self))
+        listener = _Rebalance(self)
+        listener.consumer = consumer
+        consumer.subscribe([gen.topic], listener=listener)
         await _started(consumer)
         self._consumer = consumer
         assert self._producer is not None
@@ -245,12 +258,56 @@ class ApplyConsumer(Component):
 
     # -- rebalance -----------------------------------------------------------------------------
 
-    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+    async def _on_assigned(
+        self, assigned: list[TopicPartition], consumer: AIOKafkaConsumer
+    ) -> None:
         for tp in assigned:
-            self._epochs[tp] = await self.store.new_epoch(f"{tp.topic}:{tp.partition}")
+            scope = f"{tp.topic}:{tp.partition}"
             self._fenced.discard(tp)
-            if self._consumer is not None:
-                self._next_offsets[tp] = await self._consumer.committed(tp) or 0
+            committed = self._next_offsets[tp] = await consumer.committed(tp) or 0
+            if committed > 0 and not await self.store.epoch_exists(scope):
+                # Applied before, yet Redis has no epoch for it: Redis lost its state. Its
+                # epoch is taken once restored (a crash meanwhile leaves it lost for the next
+                # owner to restore).
+                self._lost_partition(tp, consumer)
+                continue
+            self._epochs[tp] = await self.store.new_epoch(scope)
+
+    def _lost_partition(self, tp: TopicPartition, consumer: AIOKafkaConsumer | None) -> None:
+        self._lost.add(tp)
+        if consumer is not None and tp in consumer.assignment():
+            consumer.pause(tp)
+
+    @property
+    def restoring(self) -> frozenset[TopicPartition]:
+        """Partitions whose state Redis lost, paused until restored from the log."""
+        return frozenset(self._lost)
+
+    async def _restore_lost(self, consumer: AIOKafkaConsumer) -> None:
+        """Restore each lost partition up to its committed position, take a new epoch, and
+        resume it there (called under ``_processing``)."""
+        assert self._checkpoints is not None and self.generation is not None
+        # What was handed over is committed first: the restore covers it.
+        await self._checkpoints.drain(self.revoke_timeout_s)
+        self.store.forget()  # cached states are of the Redis that was lost
+        for tp in sorted(self._lost & consumer.assignment()):
+            committed = await consumer.committed(tp) or 0
+            if committed > 0:
+                report = await self._restorer.restore(tp, committed, self.generation, self.owner)
+                self.restored.append((tp, report))
+            scope = f"{tp.topic}:{tp.partition}"
+            # Above the epoch this owner had: its own earlier writes never fence it.
+            self._epochs[tp] = await self.store.new_epoch(
+                scope, at_least=self._epochs.get(tp, 0) + 1
+            )
+            self._next_offsets[tp] = committed
+            if self._ahead is not None:
+                self._ahead.drop({tp})
+            self._unapplied_since.pop(tp, None)
+            consumer.seek(tp, committed)
+            consumer.resume(tp)
+            self._lost.discard(tp)
+        self._lost &= consumer.assignment()
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         # Let the in-flight batch finish and commit (bounded); after that it would be abandoned
@@ -270,6 +327,7 @@ class ApplyConsumer(Component):
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
             self._next_offsets.pop(tp, None)
+            self._lost.discard(tp)
             self._unapplied_since.pop(tp, None)
             self._applied_until.pop(tp, None)
         # The new owner of these partitions must not wait for our locks to expire.
@@ -351,6 +409,8 @@ class ApplyConsumer(Component):
             raise RuntimeError("ApplyConsumer.start() was not called")
         async with self._processing:
             self._raise_failed_checkpoint(consumer)
+            if self._lost:
+                await self._restore_lost(consumer)
             batch, self._ahead = self._ahead, None
         if batch is None:
             fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
@@ -360,9 +420,27 @@ class ApplyConsumer(Component):
                 return BatchReport()
             self._fetched(batch)
         async with self._processing:
-            # Partitions fenced or given away since their records were fetched are not ours.
+            # Partitions fenced or given away since their records were fetched are not ours;
+            # one found lost meanwhile (a rebalance inside the fetch) is restored first and
+            # fetched again from its committed position.
             assigned = consumer.assignment()
-            batch.drop({tp for tp in batch.fetched if tp in self._fenced or tp not in assigned})
+            # Never written without an epoch (its assignment still being handled, or it is
+            # lost): fetched again from here once it has one.
+            for tp, records in batch.fetched.items():
+                if tp in assigned and (tp in self._lost or tp not in self._epochs):
+                    consumer.seek(tp, records[0].offset)
+            batch.drop(
+                {
+                    tp
+                    for tp in batch.fetched
+                    if tp in self._fenced
+                    or tp in self._lost
+                    or tp not in assigned
+                    or tp not in self._epochs
+                }
+            )
+            if self._lost:
+                await self._restore_lost(consumer)
             if not batch.fetched:
                 return BatchReport()
             try:
@@ -513,6 +591,11 @@ class ApplyConsumer(Component):
 
     def _refused(self, tp: TopicPartition, outcome: KeyOutcome) -> None:
         self.telemetry.events_refused.add(1, {"status": outcome.status.value})
+        if outcome.status is WriteStatus.LOST:
+            if tp not in self._lost:
+                log.warning("Redis lost the state of %s; pausing it to restore it", tp)
+            self._lost_partition(tp, self._consumer)
+            return
         if outcome.status is WriteStatus.FENCED:
             # A newer owner of this partition exists: we are a zombie for it.
             key = shown_key(outcome.memory_key, self.settings.telemetry_show_keys)

@@ -58,6 +58,7 @@ class WriteStatus(StrEnum):
     LOCK_LOST = "lock_lost"  # our lock expired before the write
     FENCED = "fenced"  # a newer writer (token or partition epoch) wrote this memory
     CONFLICT = "conflict"  # the state was not at the version computed from (retried at once)
+    LOST = "lost"  # the writer's partition epoch is gone: Redis lost the partition's state
 
 
 class KeyBatch(Value, frozen=True):
@@ -341,7 +342,7 @@ class RedisMemoryStore:
             else:
                 if (stale := self._cache.get(key)) is not None:
                     stale.token, stale.renew_by = -1, 0.0
-                if status == "FENCED":
+                if status in ("FENCED", "LOST"):
                     self._drop(key)
                 # LOCKED, LOCK_LOST: the cached state stays; if another writer changes the
                 # memory meanwhile, the version check answers CONFLICT with the new state.
@@ -461,10 +462,19 @@ class RedisMemoryStore:
         """The Redis key of the epoch counter of ``scope`` (``"<topic>:<partition>"``)."""
         return f"{self.prefix}:epoch:{scope}"
 
-    async def new_epoch(self, scope: str) -> int:
-        """A fresh, strictly increasing epoch for ``scope`` (e.g. one topic partition)."""
+    async def new_epoch(self, scope: str, at_least: int = 0) -> int:
+        """A fresh, strictly increasing epoch for ``scope`` (e.g. one topic partition),
+        above ``at_least`` when its counter is missing (lost with Redis's data)."""
+        key = self.epoch_key(scope)
         async with translate_redis_errors():
-            return int(await self.redis.incr(self.epoch_key(scope)))
+            if at_least > 0:
+                await self.redis.set(key, at_least, nx=True)
+            return int(await self.redis.incr(key))
+
+    async def epoch_exists(self, scope: str) -> bool:
+        """Whether ``scope``'s epoch counter is in Redis (gone: Redis lost its data)."""
+        async with translate_redis_errors():
+            return bool(await self.redis.exists(self.epoch_key(scope)))
 
     async def rehome(
         self, memory_key: str, old_home: str, new_home: str, moves: Mapping[int, int]

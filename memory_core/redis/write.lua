@@ -23,7 +23,7 @@
 --       c. (score, id, body) per message inserted between kept ones (a summary; rare).
 -- Reply: one per memory, in order: {'OK', new_version, token}
 --          | {'CONFLICT', token, version, meta, order, msgs, ids, ids_type}
---          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why}
+--          | {'LOCKED', holder} | {'LOCK_LOST', ''} | {'FENCED', why} | {'LOST', why}
 local owner = ARGV[1]
 
 -- unpack() is bounded by Lua's C stack: commands take at most 1000 arguments at a time.
@@ -51,8 +51,15 @@ local function write(K, h, bodies, a)
   local m = redis.call('HMGET', K[2], 'version', 'epoch', 'fence')
   local version = tonumber(m[1]) or 0
   local refusal
-  local current = epoch >= 0 and tonumber(redis.call('GET', K[7]) or '-1') or -1
-  if current > epoch then
+  local stored_epoch = epoch >= 0 and redis.call('GET', K[7]) or false
+  local current = tonumber(stored_epoch or '-1')
+  -- A partition owner took its epoch at assignment, so a missing counter means Redis lost
+  -- the partition's state (a wipe, a restart without persistence): nothing is written onto
+  -- it until the owner restored the partition from the log. (On Redis Cluster K[7] is a
+  -- stand-in key of the memory's slot that is never set: the check does not apply.)
+  if epoch >= 0 and not stored_epoch and string.sub(K[7], -19) ~= ':no-partition-epoch' then
+    refusal = {'LOST', 'partition epoch missing'}
+  elseif current > epoch then
     refusal = {'FENCED', 'partition epoch ' .. current}
   elseif epoch >= 0 and (tonumber(m[2]) or -1) > epoch then
     refusal = {'FENCED', 'epoch ' .. m[2]}

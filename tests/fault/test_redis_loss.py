@@ -1,0 +1,119 @@
+"""A Redis that loses its data (FLUSHALL; SIGKILL of a Redis without persistence) while the
+apply consumer runs, and while it is stopped: each lost partition is restored from the log
+before anything new is applied to it, every memory ends equal to the model of the log, and
+lag drains by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.bootstrap import App, build_app
+from consumers.runner import Runner
+from consumers.settings import Settings
+from consumers.stack.redis_server import find_redis_server
+from tests.integration.test_ordering import Conversation, until_verified, workload
+from tests.ports import free_port_block
+
+
+class VolatileRedis:
+    """A real redis-server without persistence: killed, it comes back empty."""
+
+    def __init__(self, data: Path) -> None:
+        self.port = free_port_block(1)
+        self.data = data
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(find_redis_server()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.data)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def volatile(tmp_path: Path) -> Iterator[VolatileRedis]:
+    server = VolatileRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()
+
+
+@pytest.fixture
+async def app(pipeline_settings: Settings, volatile: VolatileRedis) -> AsyncIterator[App]:
+    settings = pipeline_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{volatile.port}/0"}
+    )
+    deadline = time.monotonic() + 10
+    async with build_app(settings) as built:
+        while True:
+            try:
+                await built.store.ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the test's redis-server did not start"
+                await asyncio.sleep(0.1)
+        yield built
+
+
+async def _produce(app: App, conversations: list[Conversation], part: slice) -> None:
+    for conv in conversations:
+        records = conv.records[part]
+        if records:
+            await app.producer.send_records(conv.memory_key, records)
+
+
+async def _drained(runner: Runner, timeout: float = 60.0) -> None:
+    consumer = runner.consumer
+    assert consumer is not None
+    deadline = time.monotonic() + timeout
+    while consumer.restoring or not consumer.lag() or any(consumer.lag().values()):
+        assert time.monotonic() < deadline, (consumer.restoring, consumer.lag())
+        await asyncio.sleep(0.2)
+
+
+async def test_lost_partitions_are_restored_before_new_events_apply(
+    app: App, volatile: VolatileRedis, names: str
+) -> None:
+    conversations = workload(seed=51, prefix=names, keys=24, events=45)
+    async with Runner(app, ("apply",)) as runner:
+        await _produce(app, conversations, slice(0, 15))
+        await until_verified(app)
+        # Wiped while the consumer runs: every partition's next write is refused as lost.
+        await app.redis.flushall()
+        await _produce(app, conversations, slice(15, 30))
+        await _drained(runner)
+        await until_verified(app)
+        assert runner.consumer is not None
+        wiped = len(runner.consumer.restored)
+        assert wiped > 0 and all(r.memories > 0 for _, r in runner.consumer.restored)
+        # A Redis without persistence killed and restarted: empty again.
+        volatile.kill()
+        volatile.start()
+        await _produce(app, conversations, slice(30, 38))
+        await _drained(runner, timeout=90)
+        await until_verified(app)
+        assert runner.failure is None
+        assert len(runner.consumer.restored) > wiped
+    # Wiped while no consumer runs: the next owner finds the partitions' epochs gone.
+    await app.redis.flushall()
+    await _produce(app, conversations, slice(38, 45))
+    async with Runner(app, ("apply",)) as runner:
+        await _drained(runner)
+        await until_verified(app)
+        assert runner.failure is None
+        assert runner.consumer is not None and runner.consumer.restored
+    for conv in conversations:
+        assert (await app.store.read(conv.memory_key, start=0, stop=0)).exists
