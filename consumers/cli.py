@@ -722,10 +722,13 @@ def replay_cmd(
         report = asyncio.run(go())
     except MemstreamError as exc:
         raise _failed(exc) from None
-    verb = "would be rebuilt (--dry-run: nothing written)" if report.dry_run else "rebuilt"
+    verb = "would be written (--dry-run: nothing written)" if report.dry_run else "written"
+    written = report.memories - report.unchanged
     typer.echo(
-        f"{report.memories} memories {verb} from the log, {report.events} events; "
-        f"{report.expired} expired since their last event, not brought back"
+        f"{report.memories} memories in the log ({report.events} events): {written} {verb} "
+        f"({report.rewritten} of them held otherwise by Redis, deleted first), "
+        f"{report.unchanged} already as the log has them; {report.expired} expired since "
+        "their last event, not brought back"
     )
 
 

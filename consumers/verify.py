@@ -146,12 +146,16 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class ReplayReport:
-    """What ``replay`` wrote (or, with ``dry_run``, would write)."""
+    """What ``replay`` found (and wrote, unless ``dry_run``): ``memories`` live in the log,
+    with ``events``; ``expired`` not brought back; ``unchanged`` already as the log has
+    them; ``rewritten`` held otherwise by Redis (deleted, then written from the log)."""
 
     memories: int
     events: int
     expired: int
     dry_run: bool = False
+    unchanged: int = 0
+    rewritten: int = 0
 
 
 class _Reader:
@@ -218,11 +222,14 @@ class _Reader:
             self._reported = now
             self._report(self.progress)
 
-    async def fold(self, partition: int, keys: set[str] | None) -> dict[str, _Memory]:
-        """Every memory of ``partition`` folded from its events (states, not events, kept)."""
+    async def fold(
+        self, partition: int, keys: set[str] | None, upto: int | None = None
+    ) -> dict[str, _Memory]:
+        """Every memory of ``partition`` folded from its events (states, not events, kept),
+        up to offset ``upto`` when given."""
         memories: dict[str, _Memory] = {}
         home = f"{self.gen.topic}:{partition}"
-        async for grouped in self.batches(partition, keys):
+        async for grouped in self.batches(partition, keys, upto):
             for key, group in grouped.items():
                 memory = memories.get(key)
                 if memory is None:
@@ -353,11 +360,14 @@ async def replay(
     generation: Generation | None = None,
 ) -> ReplayReport:
     """Rebuild the memories of the log into Redis (idempotent: applied offsets are skipped),
-    streamed partition by partition (``parallel`` at a time) in two passes: the first finds
-    each memory's last event, the second writes each fetched batch's events of the memories
-    whose TTL has not run out since then, with what remains of it. Holds per memory its last
-    event time, never its events beyond a batch. ``dry_run`` writes nothing; ``upto`` stops
-    at that offset (inclusive; an apply consumer restoring one partition).
+    streamed partition by partition (``parallel`` at a time) in two passes: the first folds
+    each memory's events into its state and compares it with Redis, the second writes each
+    fetched batch's events of the memories whose TTL has not run out since their last event,
+    with what remains of it, and that Redis does not hold as the log does (one it holds
+    otherwise is deleted first, so a partly written Redis converges). Holds one state per
+    memory of the partitions being read, never their events beyond a batch. ``dry_run``
+    writes nothing; ``upto`` stops at that offset (inclusive; an apply consumer restoring
+    one partition).
 
     To recover a lost Redis, run it while the apply consumers are stopped.
     """
@@ -371,27 +381,32 @@ async def replay(
 
     async def one(partition: int) -> None:
         async with limit:
-            last: dict[str, tuple[int, int, int]] = {}  # key -> (last event ms, TTL, events)
-            async for grouped in reader.batches(partition, wanted, upto):
-                for key, group in grouped.items():
-                    at, n = group.last_ms, len(group.events)
-                    before = last.get(key)
-                    if before is not None:
-                        last[key] = (max(at, before[0]), group.policy.ttl_ms, before[2] + n)
-                    else:
-                        last[key] = (at, group.policy.ttl_ms, n)
-            alive = {k: at + ttl - now for k, (at, ttl, _) in last.items() if at + ttl > now}
-            report.expired += len(last) - len(alive)
+            memories = await reader.fold(partition, wanted, upto)
+            alive = {k: m for k, m in memories.items() if not m.expired(now)}
+            report.expired += len(memories) - len(alive)
             report.memories += len(alive)
-            report.events += sum(last[k][2] for k in alive)
-            state.memories += len(alive)
-            if dry_run or not alive:
+            report.events += sum(m.events for m in alive.values())
+            # What Redis holds already as the log does is left alone; a memory it holds
+            # otherwise (partly written, or diverged) is deleted and written again.
+            stale: list[str] = []
+            for key, memory in sorted(alive.items()):
+                if not (await store.read(key, start=0, stop=0)).exists:
+                    stale.append(key)
+                elif await _compare(store, key, memory) is not None:
+                    report.rewritten += 1
+                    stale.append(key)
+                    if not dry_run:
+                        await store.delete(key)
+                else:
+                    report.unchanged += 1
+            if dry_run or not stale:
                 state.partitions_done += 1
                 return
+            remaining = {k: alive[k].last_ms + alive[k].policy.ttl_ms - now for k in stale}
             home = f"{gen.topic}:{partition}"
-            async for grouped in reader.batches(partition, set(alive), upto):
+            async for grouped in reader.batches(partition, set(stale), upto):
                 batches = [
-                    KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(alive[key], 1))
+                    KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(remaining[key], 1))
                     for key, g in grouped.items()
                 ]
                 for start in range(0, len(batches), 500):

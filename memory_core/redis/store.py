@@ -471,6 +471,14 @@ class RedisMemoryStore:
                 await self.redis.set(key, at_least, nx=True)
             return int(await self.redis.incr(key))
 
+    async def delete(self, memory_key: str) -> None:
+        """Remove a memory's state (not its lock nor its fencing token): ``replay`` writes
+        it again from the log."""
+        k = self.keys(memory_key)
+        self._drop(memory_key)
+        async with translate_redis_errors():
+            await self.redis.delete(k.meta, k.order, k.msgs, k.ids)
+
     async def epoch_exists(self, scope: str) -> bool:
         """Whether ``scope``'s epoch counter is in Redis (gone: Redis lost its data)."""
         async with translate_redis_errors():

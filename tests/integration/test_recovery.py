@@ -15,6 +15,7 @@ from consumers.events import appended_payload, envelope
 from consumers.generations import active_generation
 from consumers.verify import Progress, memory_at, read_log, replay, verify
 from memory_core import Draft, Role
+from memory_core.redis import KeyBatch
 from schemas import MEMORY_EVENT
 from tests.integration.test_ordering import produce_concurrently, workload
 from tests.reference_model import ReferenceMemory
@@ -73,7 +74,7 @@ async def test_replay_skips_expired_memories_and_gives_live_ones_their_remaining
     again = sum(n for k, n in counts.items() if gen.home(k.encode()) in live)
     assert final.records == final.total_records == 9 + again
     assert final.partitions_done == final.partitions == app.settings.topic_partitions
-    assert f"{9 + again}/{9 + again} records (100%)" in final.line() and final.memories == 2
+    assert f"{9 + again}/{9 + again} records (100%)" in final.line() and final.memories == 3
 
     report = await verify(app.settings, app.catalog, app.codec, app.store)
     assert report.ok, report.mismatches
@@ -140,3 +141,28 @@ async def test_a_memory_at_any_point_equals_the_model_of_its_events_up_to_there(
         app.settings, app.catalog, app.codec, key, at_ms=int(time.time() * 1000) + 60_000
     )
     assert now.events == len(log.events[key])
+
+
+async def test_replay_over_a_partly_written_redis_converges_to_the_log(
+    app: App, names: str
+) -> None:
+    diverged, behind, intact = (f"agent:{names}:user:{u}" for u in ("div", "behind", "ok"))
+    for key in (diverged, behind, intact):
+        await _send(app, key, 6, None)
+    assert (await replay(app.settings, app.catalog, app.codec, app.store, keys=[intact])).memories
+    # As a consumer that went on writing onto a wiped Redis leaves it: only the newest events
+    # of one memory (its offsets past every older one), and the oldest of another.
+    log = await read_log(app.settings, app.catalog, app.codec)
+    gen = await active_generation(app.settings)
+    for key, events in ((diverged, log.events[diverged][-2:]), (behind, log.events[behind][:3])):
+        home = f"{gen.topic}:{gen.home(key.encode())}"
+        [done] = await app.store.apply([KeyBatch(key, log.policies[key], events, home=home)], "t")
+        assert done.result is not None
+    assert not (await verify(app.settings, app.catalog, app.codec, app.store)).ok
+    dry = await replay(app.settings, app.catalog, app.codec, app.store, dry_run=True)
+    assert (dry.unchanged, dry.rewritten) == (1, 2)
+    assert not (await verify(app.settings, app.catalog, app.codec, app.store)).ok
+    done = await replay(app.settings, app.catalog, app.codec, app.store)
+    assert (done.memories, done.unchanged, done.rewritten) == (3, 1, 2)
+    report = await verify(app.settings, app.catalog, app.codec, app.store)
+    assert report.ok, report.mismatches
