@@ -22,9 +22,9 @@ from benchmarks.common import Result, isolated
 from benchmarks.pipeline import LINES, MEMORIES, _memstream
 from consumers.bootstrap import build_app
 from consumers.events import appended_payload, envelope
+from consumers.recovery import replay
 from consumers.settings import Settings
 from consumers.topics import ensure_topics
-from consumers.verify import replay
 from memory_core import Draft, Role
 from schemas import MEMORY_EVENT
 

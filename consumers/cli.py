@@ -543,7 +543,7 @@ def _show_at(
     memory_id: str | None,
 ) -> None:
     """``show --at/--at-offset``: the memory folded from the log up to that point."""
-    from consumers.verify import memory_at
+    from consumers.recovery import memory_at
 
     if at is not None and at_offset is not None:
         raise _fail("give --at or --at-offset, not both", EXIT_USAGE)
@@ -677,7 +677,7 @@ def verify_cmd(
 ) -> None:
     """Replay the events topic through the pure model and compare every memory in Redis
     (streamed partition by partition, in bounded memory)."""
-    from consumers.verify import verify
+    from consumers.recovery import verify
 
     async def go() -> int:
         async with _reader() as (settings, catalog, codec, store):
@@ -709,7 +709,7 @@ def replay_cmd(
 ) -> None:
     """Rebuild Redis from the events topic (recovery; stop the apply consumers first).
     Memories whose TTL ran out since their last event are not brought back."""
-    from consumers.verify import ReplayReport, replay
+    from consumers.recovery import ReplayReport, replay
 
     async def go() -> ReplayReport:
         async with _reader() as (settings, catalog, codec, store):

@@ -16,9 +16,9 @@ from rich.table import Table
 
 from consumers.bootstrap import App, build_app
 from consumers.events import appended_payload, envelope
+from consumers.recovery import verify
 from consumers.runner import Runner
 from consumers.settings import Settings
-from consumers.verify import verify
 from memory_core import (
     AsyncSafeMemoryInstance,
     Category,

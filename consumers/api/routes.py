@@ -34,7 +34,7 @@ from consumers.api.models import (
 from consumers.bootstrap import App
 from consumers.catalog import ResourceError
 from consumers.health import Probes, health_routes
-from consumers.verify import PointInTime, memory_at
+from consumers.recovery import PointInTime, memory_at
 from memory_core import (
     AsyncSafeMemoryInstance,
     Draft,

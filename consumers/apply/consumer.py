@@ -36,9 +36,9 @@ from consumers.generations import (
     topic_partition_count,
 )
 from consumers.lifecycle import BatchCollection, Component, run_steps
+from consumers.recovery import ReplayReport
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
-from consumers.verify import ReplayReport
 from memory_core import MemstreamError
 from memory_core.privacy import shown_key
 from memory_core.redis import AppliedNotices, KeyBatch, KeyOutcome, RedisMemoryStore, WriteStatus

@@ -16,9 +16,9 @@ from aiokafka.structs import TopicPartition
 
 from consumers.catalog import MemoryCatalog
 from consumers.generations import Generation
+from consumers.recovery import Progress, ReplayReport, replay
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
-from consumers.verify import Progress, ReplayReport, replay
 from memory_core.redis import RedisMemoryStore
 from schemas import AvroCodec
 

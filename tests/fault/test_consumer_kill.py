@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from consumers.bootstrap import App, build_app
+from consumers.recovery import verify
 from consumers.settings import Settings
-from consumers.verify import verify
 from memory_core.redis import RedisMemoryStore
 from tests.integration.test_ordering import (
     Conversation,

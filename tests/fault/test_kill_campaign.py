@@ -23,8 +23,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from consumers.bootstrap import App, build_app
+from consumers.recovery import read_log, verify
 from consumers.settings import Settings
-from consumers.verify import read_log, verify
 from memory_core.redis import RedisMemoryStore
 from tests.fault.test_consumer_kill import ConsumerProcess
 from tests.integration.test_interop import home

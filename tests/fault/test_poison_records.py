@@ -21,7 +21,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumers import deadletter
 from consumers.bootstrap import App
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope
-from consumers.verify import verify
+from consumers.recovery import verify
 from memory_core import Draft, Role
 from schemas import MEMORY_EVENT
 from tests.integration.test_interop import home

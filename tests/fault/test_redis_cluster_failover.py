@@ -17,10 +17,10 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from consumers.bootstrap import build_app
+from consumers.recovery import verify
 from consumers.runner import Runner
 from consumers.settings import Settings
 from consumers.stack.redis_server import CLUSTER_NODES, cluster_nodes, form_cluster
-from consumers.verify import verify
 from memory_core import AsyncSafeMemoryInstance, Role, UnconfirmedWriteError, WriteOutcomeStatus
 from tests.ports import free_port_block
 

@@ -19,10 +19,10 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from consumers.bootstrap import App, build_app
 from consumers.events import FLUSHED, appended_payload, envelope
+from consumers.recovery import verify
 from consumers.runner import Runner
 from consumers.settings import Settings
 from consumers.stack.temporal import find_temporal_cli
-from consumers.verify import verify
 from memory_core import Draft, Role
 from memory_core.temporal import workflow_id
 from schemas import FLUSH_COMMAND, MEMORY_EVENT

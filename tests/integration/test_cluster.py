@@ -12,9 +12,9 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from consumers.bootstrap import build_app
+from consumers.recovery import replay, verify
 from consumers.runner import Runner
 from consumers.settings import Settings
-from consumers.verify import replay, verify
 from memory_core import AsyncSafeMemoryInstance, Role, WriteOutcomeStatus
 from memory_core.redis import KeyBatch, RedisMemoryStore, WriteStatus
 from tests.integration.test_store import _policy, _user_log

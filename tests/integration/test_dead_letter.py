@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaError
 from consumers import deadletter
 from consumers.bootstrap import App, build_app
 from consumers.events import appended_payload, envelope, flushed_payload
+from consumers.recovery import verify
 from consumers.settings import Settings
-from consumers.verify import verify
 from memory_core import DeadLetterReason, Draft, Role
 from memory_core.redis import RedisMemoryStore
 from schemas import FLUSH_COMMAND, MEMORY_EVENT

@@ -16,7 +16,7 @@ from consumers.cli import app as cli
 from consumers.dlq import choose, read_dead_letters, redrive
 from consumers.events import appended_payload, envelope
 from consumers.generations import active_generation
-from consumers.verify import verify
+from consumers.recovery import verify
 from memory_core import Draft, Role
 from schemas import MEMORY_EVENT
 from tests.integration.test_cli import cli_env  # noqa: F401  (fixture)

@@ -9,7 +9,7 @@ from consumers import deadletter
 from consumers.bootstrap import App
 from consumers.events import appended_payload, envelope
 from consumers.generations import active_generation, home_partition
-from consumers.verify import verify
+from consumers.recovery import verify
 from memory_core import DeadLetterReason, Draft, Role
 from memory_core.redis import KeyBatch, WriteStatus
 from schemas import MEMORY_EVENT

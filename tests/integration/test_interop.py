@@ -32,9 +32,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from consumers import deadletter
 from consumers.bootstrap import App, build_app
+from consumers.recovery import verify
 from consumers.settings import Settings
 from consumers.telemetry import Telemetry
-from consumers.verify import verify
 from tests.integration.test_ordering import apply_consumer, drain, read_topic
 from tests.services import MEMORIES
 

@@ -19,8 +19,8 @@ from aiokafka.structs import ConsumerRecord
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope
+from consumers.recovery import read_log, verify
 from consumers.settings import Settings
-from consumers.verify import read_log, verify
 from memory_core import Draft, Role, Snapshot, StoreUnavailableError, ToolCall
 from memory_core.redis import RedisMemoryStore
 from tests.reference_model import ReferenceMemory

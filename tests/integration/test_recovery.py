@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.bootstrap import App
 from consumers.events import appended_payload, envelope
 from consumers.generations import active_generation
-from consumers.verify import Progress, memory_at, read_log, replay, verify
+from consumers.recovery import Progress, memory_at, read_log, replay, verify
 from memory_core import Draft, Role
 from memory_core.redis import KeyBatch
 from schemas import MEMORY_EVENT

@@ -13,10 +13,10 @@ import pytest
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App, build_app
 from consumers.generations import active_generation, consumer_group, read_generations
+from consumers.recovery import verify
 from consumers.repartition import RepartitionError, repartition, source_of
 from consumers.settings import Settings
 from consumers.topics import ensure_topics, topic_names
-from consumers.verify import verify
 from memory_core import AsyncSafeMemoryInstance, Role
 from tests.integration.test_ordering import read_topic
 

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer
 from consumers import deadletter
 from consumers.bootstrap import App, build_app
 from consumers.events import CLEARED, FLUSH_REQUESTED, appended_payload, envelope
+from consumers.recovery import verify
 from consumers.settings import Settings
-from consumers.verify import verify
 from memory_core import DeadLetterReason, Draft, Role
 from schemas import MEMORY_EVENT
 from tests.integration.test_ordering import apply_consumer, drain, read_topic

@@ -1,0 +1,78 @@
+"""A memory as it was at an offset or a time, folded from its home partition."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.structs import TopicPartition
+
+from consumers.catalog import MemoryCatalog
+from consumers.connections import kafka_consumer
+from consumers.generations import existing_generation
+from consumers.recovery.reading import FoldedMemory, LogReader, Progress
+from consumers.settings import Settings
+from memory_core import MemoryState
+from schemas import AvroCodec
+
+
+@dataclass(frozen=True, slots=True)
+class PointInTime:
+    """A memory as it was: its state after every event of its home partition up to
+    ``offset`` (inclusive; -1: before any), folded from the log."""
+
+    memory_key: str
+    state: MemoryState
+    offset: int
+    events: int
+
+
+async def memory_at(
+    settings: Settings,
+    catalog: MemoryCatalog,
+    codec: AvroCodec,
+    memory_key: str,
+    *,
+    offset: int | None = None,
+    at_ms: int | None = None,
+) -> PointInTime:
+    """``memory_key`` as it was after the event at ``offset`` of its home partition, or
+    after every event appended before ``at_ms`` (Kafka timestamps; docs/semantics.md,
+    "Recovery"). Reads the partition from its beginning up to that point only."""
+    if (offset is None) == (at_ms is None):
+        raise ValueError("give exactly one of offset and at_ms")
+    gen = await existing_generation(settings)
+    partition = gen.home(memory_key.encode())
+    if at_ms is not None:
+        offset = await _last_offset_before(settings, gen.topic, partition, at_ms)
+    assert offset is not None
+    progress = Progress("point in time", 1)
+    reader = LogReader(settings, catalog, codec, gen, progress, None)
+    memory: FoldedMemory | None = None
+    home = f"{gen.topic}:{partition}"
+    async with contextlib.aclosing(reader.batches(partition, {memory_key}, upto=offset)) as it:
+        async for grouped in it:
+            group = grouped.get(memory_key)
+            if group is None:
+                continue
+            if memory is None:
+                memory = FoldedMemory(group.policy, home)
+            memory.state = memory.policy.manager.apply(memory.state, group.events).state
+            memory.events += len(group.events)
+    state = memory.state if memory is not None else MemoryState()
+    return PointInTime(memory_key, state, offset, memory.events if memory is not None else 0)
+
+
+async def _last_offset_before(settings: Settings, topic: str, partition: int, at_ms: int) -> int:
+    """The offset of the last record of ``topic:partition`` appended before ``at_ms``."""
+    consumer = kafka_consumer(settings, group_id=None, enable_auto_commit=False)
+    tp = TopicPartition(topic, partition)
+    try:
+        await consumer.start()
+        found = await consumer.offsets_for_times({tp: at_ms})
+        at = found.get(tp)
+        if at is not None:
+            return int(at.offset) - 1
+        return int((await consumer.end_offsets([tp]))[tp]) - 1  # nothing at or after it
+    finally:
+        await consumer.stop()
