@@ -38,10 +38,10 @@ LINES = [
 ]
 
 
-async def _produce(settings: Settings, keys: int, per_key: int) -> int:
+async def _produce(settings: Settings, keys: int, per_key: int, first_turn: int = 0) -> int:
     async with build_app(settings) as app:
         now = int(time.time() * 1000)
-        for turn in range(per_key):
+        for turn in range(first_turn, first_turn + per_key):
             futures = []
             for k in range(keys):
                 draft = Draft(

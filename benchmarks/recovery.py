@@ -19,14 +19,11 @@ import uuid
 from pathlib import Path
 
 from benchmarks.common import Result, isolated
-from benchmarks.pipeline import LINES, MEMORIES, _memstream
+from benchmarks.pipeline import MEMORIES, _memstream, _produce
 from consumers.bootstrap import build_app
-from consumers.events import appended_payload, envelope
 from consumers.recovery import replay
 from consumers.settings import Settings
 from consumers.topics import ensure_topics
-from memory_core import Draft, Role
-from schemas import MEMORY_EVENT
 
 MEMSTREAM = Path(sys.executable).parent / "memstream"
 KEYS = 2_000
@@ -34,26 +31,6 @@ TURNS = 5
 GROWTH = 10
 _FIELDS = ("kafka_bootstrap", "redis_url", "events_topic", "key_prefix", "memories_file",
            "cache_dir", "dlq_topic", "flush_topic")  # fmt: skip
-
-
-async def _produce(settings: Settings, first_turn: int, turns: int) -> int:
-    async with build_app(settings) as app:
-        now = int(time.time() * 1000)
-        for turn in range(first_turn, first_turn + turns):
-            futures = []
-            for k in range(KEYS):
-                role = Role.USER if turn % 2 == 0 else Role.ASSISTANT
-                draft = Draft(f"m{k}.{turn}", role, LINES[(k + turn) % len(LINES)], now)
-                record = envelope(f"bench:{k}", "bench", now, appended_payload(draft))
-                futures.append(
-                    await app.producer._producer.send(
-                        settings.events_topic,
-                        app.codec.encode(MEMORY_EVENT, record),
-                        key=f"bench:{k}".encode(),
-                    )
-                )
-            await asyncio.gather(*futures)
-    return KEYS * turns
 
 
 def _verify_peak_mib(settings: Settings) -> float:
@@ -87,9 +64,9 @@ async def _replay_rate(settings: Settings, total: int) -> float:
 async def _run(settings: Settings) -> Result:
     run = isolated(settings, MEMORIES, "rec")
     await ensure_topics(run)
-    small = await _produce(run, 0, TURNS)
+    small = await _produce(run, KEYS, TURNS)
     before = _verify_peak_mib(run)
-    total = small + await _produce(run, TURNS, TURNS * (GROWTH - 1))
+    total = small + await _produce(run, KEYS, TURNS * (GROWTH - 1), first_turn=TURNS)
     after = _verify_peak_mib(run)
     replay_rate = await _replay_rate(run, total)
     apply_rate = await _memstream(run, total)
