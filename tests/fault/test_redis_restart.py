@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,20 +16,15 @@ from consumers.stack.redis_server import find_redis_server
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, Role, StoreUnavailableError
 from memory_core.redis import KeyBatch, RedisMemoryStore, WriteStatus
 from tests.integration.test_store import _policy
+from tests.ports import free_port_block
 from tests.strategies import appended, message
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DurableRedis:
     """A real redis-server with AOF (fsync always) that the test can kill and restart."""
 
     def __init__(self, data: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port_block(1)  # below 32768, out of the outgoing range
         self.data = data
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -150,7 +144,7 @@ async def test_scripts_are_reloaded_after_a_restart_without_persistence(
 
 
 async def test_a_redis_that_is_down_gives_a_clear_retriable_error() -> None:
-    redis = Redis(port=_free_port(), socket_connect_timeout=0.5)
+    redis = Redis(port=free_port_block(1), socket_connect_timeout=0.5)
     store = RedisMemoryStore(redis)
     with pytest.raises(StoreUnavailableError, match="Redis is unreachable") as info:
         await store.apply([KeyBatch("u:x", _policy(), [])], "w")
