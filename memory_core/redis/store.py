@@ -409,10 +409,11 @@ class RedisMemoryStore:
         # memories the new owner has not written yet. On Redis Cluster it is in another slot,
         # so a key of the memory's own slot that is never set stands in: only the memory's
         # stored epoch fences there (docs/decisions/0012).
-        if self.cluster:
+        # Without a home (not written from a partition) there is no partition epoch either.
+        if self.cluster or not b.home:
             epoch_key = f"{self.prefix}:{{{b.memory_key}}}:no-partition-epoch"
         else:
-            epoch_key = self.epoch_key(b.home or "-")
+            epoch_key = self.epoch_key(b.home)
         keys = (*write_keys(b.memory_key, self.prefix), epoch_key)
         return _Write(b, now, result, keys, args, renews, cached.version == 0)
 

@@ -56,7 +56,8 @@ local function write(K, h, bodies, a)
   -- A partition owner took its epoch at assignment, so a missing counter means Redis lost
   -- the partition's state (a wipe, a restart without persistence): nothing is written onto
   -- it until the owner restored the partition from the log. (On Redis Cluster K[7] is a
-  -- stand-in key of the memory's slot that is never set: the check does not apply.)
+  -- stand-in key of the memory's slot that is never set, as for a write without a home:
+  -- the check does not apply.)
   if epoch >= 0 and not stored_epoch and string.sub(K[7], -19) ~= ':no-partition-epoch' then
     refusal = {'LOST', 'partition epoch missing'}
   elseif current > epoch then

@@ -63,7 +63,7 @@ async def test_an_apply_process_is_live_then_ready_once_its_partitions_are_assig
         ready = await _until(f"{base}/readyz", 200, process)
         assert ready["status"] == "ready"
         checks = ready["checks"]
-        assert set(checks) == {"roles", "redis", "apply.partitions", "apply.lag"}
+        assert set(checks) == {"roles", "redis", "apply.partitions", "apply.restore", "apply.lag"}
         assert all(c["ok"] for c in checks.values())
         assert checks["apply.partitions"]["detail"] == "4 assigned"
     finally:
