@@ -442,3 +442,23 @@ async def test_the_state_cache_is_bounded_by_bytes_and_entries(redis: Redis) -> 
     (again,) = await store.apply([KeyBatch("u:0", policy, _user_log(1, start=5))], "w")
     assert again.status is WriteStatus.APPLIED
     assert [m.id for m in (await store.read("u:0")).messages][-1] == "m5"
+
+
+async def test_listing_walks_every_memory_once_with_its_cursor(redis: Redis) -> None:
+    """On single Redis one SCAN; on Redis Cluster the cursor walks each master in turn."""
+    store = RedisMemoryStore(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    policy = _policy()
+    keys = {f"agent:a1:user:l{i}" for i in range(40)} | {"other:x"}
+    await store.apply([KeyBatch(k, policy, _user_log(1)) for k in sorted(keys)], "lister")
+
+    async def walk(prefix: str) -> list[str]:
+        seen: list[str] = []
+        cursor = "0"
+        while True:
+            found, cursor = await store.list_memories(prefix, cursor, count=7)
+            seen += found
+            if cursor == "0":
+                return seen
+
+    assert sorted(await walk("agent:a1:")) == sorted(k for k in keys if k.startswith("agent:"))
+    assert sorted(await walk("")) == sorted(keys)
