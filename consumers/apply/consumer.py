@@ -505,11 +505,13 @@ class ApplyConsumer(Component):
             await asyncio.gather(*(task for _, task in applying), return_exceptions=True)
 
         outputs = BatchOutputs(self.settings, self.codec)
-        failed: set[TopicPartition] = set()
+        failed = await self._lost_on_cluster([part for part, _ in results])
         group = self.group()
         for part, (outcomes, timing) in results:
             for outcome in outcomes:
                 w = part[outcome.memory_key]
+                if w.partition in failed:
+                    continue  # written onto a Redis that lost the partition: restored first
                 if outcome.status is not WriteStatus.APPLIED or outcome.result is None:
                     failed.add(w.partition)
                     self._refused(w.partition, outcome)
@@ -544,6 +546,24 @@ class ApplyConsumer(Component):
         began = time.time_ns()
         outcomes = await self.store.apply(batches, self.owner, hold=True)
         return outcomes, WriteTiming(batch_started_ns, began, time.time_ns())
+
+    async def _lost_on_cluster(self, parts: list[dict[str, KeyWork]]) -> set[TopicPartition]:
+        """On Redis Cluster, the partitions just written whose epoch counter is gone.
+
+        ``write.lua`` cannot see the counter there (another slot), so each batch asks for
+        the counters of the partitions it wrote; one found missing is not committed but
+        restored (the replay rewrites what this batch wrote onto the emptied Redis).
+        """
+        if not self.store.cluster:
+            return set()
+        written = sorted({w.partition for part in parts for w in part.values()})
+        scopes = [f"{tp.topic}:{tp.partition}" for tp in written]
+        present = await asyncio.gather(*(self.store.epoch_exists(s) for s in scopes))
+        lost = {tp for tp, ok in zip(written, present, strict=True) if not ok}
+        for tp in lost:
+            log.warning("Redis lost the state of %s; pausing it to restore it", tp)
+            self._lost_partition(tp, self._consumer)
+        return lost
 
     def _announce(self, applied: dict[TopicPartition, int]) -> None:
         """Tell waiting writers what this batch applied, without holding the next batch up

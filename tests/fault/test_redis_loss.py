@@ -19,6 +19,7 @@ from consumers.settings import Settings
 from consumers.stack.redis_server import find_redis_server
 from tests.integration.test_ordering import Conversation, until_verified, workload
 from tests.ports import free_port_block
+from tests.services import cluster_settings
 
 
 class VolatileRedis:
@@ -117,3 +118,23 @@ async def test_lost_partitions_are_restored_before_new_events_apply(
         assert runner.consumer is not None and runner.consumer.restored
     for conv in conversations:
         assert (await app.store.read(conv.memory_key, start=0, stop=0)).exists
+
+
+async def test_a_wiped_redis_cluster_is_detected_by_the_running_consumer_and_restored(
+    pipeline_settings: Settings, names: str
+) -> None:
+    # The stack's Redis Cluster, wiped on every master (FLUSHALL is sent to each). There
+    # write.lua cannot see the partition's epoch counter: each batch asks for it.
+    conversations = workload(seed=52, prefix=names, keys=16, events=30)
+    async with (
+        build_app(cluster_settings(pipeline_settings)) as app,
+        Runner(app, ("apply",)) as runner,
+    ):
+        await _produce(app, conversations, slice(0, 15))
+        await until_verified(app)
+        await app.redis.flushall()
+        await _produce(app, conversations, slice(15, 30))
+        await _drained(runner)
+        await until_verified(app)
+        assert runner.failure is None
+        assert runner.consumer is not None and runner.consumer.restored
