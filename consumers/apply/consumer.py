@@ -24,6 +24,7 @@ from consumers.apply.accounting import (
 )
 from consumers.apply.checkpoint import Checkpoints
 from consumers.apply.decoding import Batch, Decoder, KeyWork
+from consumers.apply.lag import Lag
 from consumers.apply.outputs import BatchOutputs
 from consumers.apply.restore import Restorer
 from consumers.catalog import MemoryCatalog
@@ -104,11 +105,8 @@ class ApplyConsumer(Component):
         self._producer: AIOKafkaProducer | None = None
         self._epochs: dict[TopicPartition, int] = {}
         self._fenced: set[TopicPartition] = set()
-        self._next_offsets: dict[TopicPartition, int] = {}  # committed position per partition
-        # Per partition, the timestamp (ms) of the oldest record fetched and not yet applied,
-        # and of the last one applied: what the lag's age is measured from.
-        self._unapplied_since: dict[TopicPartition, int] = {}
-        self._applied_until: dict[TopicPartition, int] = {}
+        # The committed position per partition, and the lag from it (consumers/apply/lag.py).
+        self._lag = Lag(self._highwater)
         self._processing = asyncio.Lock()
         # The next batch, fetched and partly decoded while Redis finished the previous one.
         self._ahead: Batch | None = None
@@ -174,7 +172,7 @@ class ApplyConsumer(Component):
         await _started(consumer)
         self._consumer = consumer
         assert self._producer is not None
-        self._checkpoints = Checkpoints(consumer, self._producer, self._next_offsets.update)
+        self._checkpoints = Checkpoints(consumer, self._producer, self._lag.committed.update)
 
     async def _warn_if_grown(self, gen: Generation) -> None:
         count = await topic_partition_count(self.settings, gen.topic)
@@ -264,7 +262,7 @@ class ApplyConsumer(Component):
         for tp in assigned:
             scope = f"{tp.topic}:{tp.partition}"
             self._fenced.discard(tp)
-            committed = self._next_offsets[tp] = await consumer.committed(tp) or 0
+            committed = self._lag.committed[tp] = await consumer.committed(tp) or 0
             if committed > 0 and not await self.store.epoch_exists(scope):
                 # Applied before, yet Redis has no epoch for it: Redis lost its state. Its
                 # epoch is taken once restored (a crash meanwhile leaves it lost for the next
@@ -300,10 +298,9 @@ class ApplyConsumer(Component):
             self._epochs[tp] = await self.store.new_epoch(
                 scope, at_least=self._epochs.get(tp, 0) + 1
             )
-            self._next_offsets[tp] = committed
+            self._lag.restart(tp, committed)
             if self._ahead is not None:
                 self._ahead.drop({tp})
-            self._unapplied_since.pop(tp, None)
             consumer.seek(tp, committed)
             consumer.resume(tp)
             self._lost.discard(tp)
@@ -326,10 +323,8 @@ class ApplyConsumer(Component):
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
-            self._next_offsets.pop(tp, None)
+            self._lag.forget(tp)
             self._lost.discard(tp)
-            self._unapplied_since.pop(tp, None)
-            self._applied_until.pop(tp, None)
         # The new owner of these partitions must not wait for our locks to expire.
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
@@ -344,50 +339,17 @@ class ApplyConsumer(Component):
         """The partitions the group gave this consumer (empty before it joined)."""
         return frozenset(self._consumer.assignment()) if self._consumer is not None else frozenset()
 
+    def _highwater(self, tp: TopicPartition) -> int | None:
+        return self._consumer.highwater(tp) if self._consumer is not None else None
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the committed position and the high watermark, per partition."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        out: dict[tuple[str, int], int] = {}
-        for tp, next_offset in list(self._next_offsets.items()):
-            high = consumer.highwater(tp)
-            if high is not None:
-                out[(tp.topic, tp.partition)] = max(high - next_offset, 0)
-        return out
+        return self._lag.records() if self._consumer is not None else {}
 
     def lag_age(self) -> dict[tuple[str, int], float]:
-        """Per partition, the age in seconds of the oldest event not yet applied (0: none).
-
-        Measured from the record's Kafka timestamp: the oldest one fetched and not applied,
-        or, while the next one is not fetched yet, the last one applied (an upper bound). A
-        partition behind with neither (nothing of it fetched since it was assigned) has no
-        age yet and is left out.
-        """
-        now_ms = time.time() * 1000
-        out: dict[tuple[str, int], float] = {}
-        for (topic, partition), lag in self.lag().items():
-            if not lag:
-                out[(topic, partition)] = 0.0
-                continue
-            tp = TopicPartition(topic, partition)
-            since = self._unapplied_since.get(tp, self._applied_until.get(tp))
-            if since is not None:
-                out[(topic, partition)] = max(now_ms - since, 0.0) / 1000
-        return out
-
-    def _fetched(self, batch: Batch) -> None:
-        for tp, records in batch.fetched.items():
-            self._unapplied_since.setdefault(tp, records[0].timestamp)
-
-    def _applied(self, batch: Batch, applied: dict[TopicPartition, int]) -> None:
-        ahead = self._ahead.fetched if self._ahead is not None else {}
-        for tp in applied:
-            self._applied_until[tp] = batch.fetched[tp][-1].timestamp
-            if tp in ahead:
-                self._unapplied_since[tp] = ahead[tp][0].timestamp
-            else:
-                self._unapplied_since.pop(tp, None)
+        """Per partition, the age in seconds of the oldest event not yet applied (see
+        ``Lag.age``)."""
+        return self._lag.age() if self._consumer is not None else {}
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -418,7 +380,7 @@ class ApplyConsumer(Component):
             if not batch.fetched:
                 await self._follow_generation()
                 return BatchReport()
-            self._fetched(batch)
+            self._lag.fetched(batch)
         async with self._processing:
             # Partitions fenced or given away since their records were fetched are not ours;
             # one found lost meanwhile (a rebalance inside the fetch) is restored first and
@@ -538,7 +500,7 @@ class ApplyConsumer(Component):
             outputs, commit, {tp: records[0].offset for tp, records in fetched.items()}
         )
         report.committed = commit
-        self._applied(batch, commit)
+        self._lag.applied(batch, commit, self._ahead)
         record_metrics(self.telemetry, report, (time.perf_counter() - started) * 1000)
         return report
 
@@ -603,7 +565,7 @@ class ApplyConsumer(Component):
         if not fetched:
             return
         ahead = self._ahead = Batch(fetched)
-        self._fetched(ahead)
+        self._lag.fetched(ahead)
         assert self._decoder is not None
         for tp in fetched:
             if not await self._decoder.decode(ahead, tp, until=done):
