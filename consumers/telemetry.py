@@ -153,6 +153,7 @@ class Telemetry:
             self.flush_retries,
             self.restores,
             self.restored_events,
+            self.flushes_collapsed,
         ):
             zero.add(0)
         self.lock_contention.add(0, {"outcome": "refused"})

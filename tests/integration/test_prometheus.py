@@ -38,6 +38,14 @@ def _panel_queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
 
 
+def _instruments() -> list[str]:
+    """The name of every instrument ``Telemetry`` creates."""
+    source = (ROOT / "consumers" / "telemetry.py").read_text()
+    names = re.findall(r'create_(?:counter|histogram|observable_gauge)\(\s*"([a-z._]+)"', source)
+    assert len(names) > 20, names
+    return names
+
+
 def _rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
@@ -162,6 +170,15 @@ async def test_every_panel_and_alert_input_has_data_from_a_real_workload(
                 for metric in set(re.findall(r"\bmemstream_[a-z_]+", rule["expr"])):
                     inputs = await _query(client, api, f"{metric}{{{selector}}}")
                     assert inputs, f"{rule['alert']}: no data for {metric}"
+            # Every instrument memstream records reached Prometheus.
+            series = await _query(client, api, f'{{__name__=~"memstream_.+",{selector}}}')
+            scraped = {s["metric"]["__name__"] for s in series}
+            missing = [
+                name
+                for name in _instruments()
+                if not any(n.startswith(name.replace(".", "_")) for n in scraped)
+            ]
+            assert missing == [], f"instruments not scraped: {missing}"
     finally:
         target.unlink(missing_ok=True)
         rules.unlink(missing_ok=True)
