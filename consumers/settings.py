@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     # The local stack's Jaeger: OTLP gRPC on this port, OTLP HTTP on the next; query API.
     stack_jaeger_otlp_port: int = 14317
     stack_jaeger_query_port: int = 16686
+    stack_jaeger_metrics_port: int = 18889
 
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_username: str | None = None

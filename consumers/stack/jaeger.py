@@ -95,6 +95,11 @@ class JaegerService(Service):
         """Where an OTLP/HTTP exporter sends (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
         return f"http://{HOST}:{self.settings.stack_jaeger_otlp_port + 1}"
 
+    @property
+    def metrics_endpoint(self) -> str:
+        """Where the OTLP metrics it received are served in Prometheus's format."""
+        return f"http://{HOST}:{self.settings.stack_jaeger_metrics_port}/metrics"
+
     def prepare(self) -> list[str]:
         """Build Jaeger once, write its configuration, return its command line."""
         binary = ensure_jaeger(self.settings.cache_dir)
@@ -108,7 +113,14 @@ class JaegerService(Service):
                         "receivers": ["otlp"],
                         "processors": ["batch"],
                         "exporters": ["jaeger_storage_exporter"],
-                    }
+                    },
+                    # OTLP metrics too (Jaeger v2 is an OpenTelemetry Collector): served for
+                    # scraping, so a test can see what `OTEL_*` alone exports.
+                    "metrics": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch"],
+                        "exporters": ["prometheus"],
+                    },
                 },
                 "telemetry": {"metrics": {"level": "none"}},
             },
@@ -129,7 +141,10 @@ class JaegerService(Service):
                 }
             },
             "processors": {"batch": {}},
-            "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
+            "exporters": {
+                "jaeger_storage_exporter": {"trace_storage": "mem"},
+                "prometheus": {"endpoint": f"{HOST}:{self.settings.stack_jaeger_metrics_port}"},
+            },
         }
         path = self.dir / "jaeger.yaml"
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from consumers.settings import Settings
 from consumers.stack.jaeger import JaegerService
 from consumers.telemetry import Telemetry
 from memory_core import AsyncSafeMemoryInstance, Kind, Role
+from tests.integration.test_runner import Process
 
 
 def _tags(span: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +97,45 @@ async def test_a_complete_trace_reaches_jaeger(
     assert _tags(dispatch)["messaging.destination.name"] == pipeline_settings.flush_topic
     # Message content never goes into spans.
     assert "word word" not in str([_tags(s) for s in spans])
+    # The Redis write of each traced application is its child, in the backend too.
+    assert "memstream.redis.write" in names
+
+
+async def test_otel_settings_alone_make_memstream_run_export_metrics_over_otlp(
+    pipeline_settings: Settings, stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``memstream run`` process, configured by ``OTEL_*`` only, sends its metrics over
+    OTLP/HTTP to the stack's collector (Jaeger v2), which serves what it received."""
+    jaeger = JaegerService(stack)
+    service = f"memstream-otlp-{uuid.uuid4().hex[:8]}"
+    for name, value in {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }.items():
+        monkeypatch.setenv(name, value)  # the child process's environment, nothing else
+    process = Process(pipeline_settings, tmp_path / "run.log")
+    await process.start("--roles", "apply")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")  # what is measured is the child's
+    try:
+        async with build_app(pipeline_settings) as app:
+            memory = app.memory(f"agent:a1:user:{service}")
+            await memory.append(Role.USER, "hello over otlp", wait=timedelta(seconds=30))
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while True:
+                text = (await client.get(jaeger.metrics_endpoint)).text
+                mine = [
+                    line
+                    for line in text.splitlines()
+                    if line.startswith("memstream_events_applied") and service in line
+                ]
+                if mine:
+                    break
+                assert time.monotonic() < deadline, "no memstream metric reached the collector"
+                await asyncio.sleep(0.5)
+        assert any('memory_id="chat"' in line for line in mine), mine
+    finally:
+        assert await process.stop() == 0
