@@ -11,7 +11,7 @@ import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -522,15 +522,12 @@ def show(
 
 
 def _epoch_ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
+    from consumers.recovery import parse_time_ms
+
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time_ms(text)
     except ValueError:
         raise _fail(f"--at {text!r}: give an ISO 8601 time or epoch ms", EXIT_USAGE) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _show_at(

@@ -55,6 +55,7 @@ class Page:
     offset: int
     limit: int
     total: int
+    exists: bool = True  # False: the memory was never written, or expired
 
     @property
     def has_more(self) -> bool:
@@ -104,7 +105,7 @@ class AsyncSafeMemoryInstance:
         if offset < 0 or limit <= 0:
             raise ValueError("offset must be >= 0 and limit > 0")
         snap = await self._store.read(self.memory_key, start=offset, stop=offset + limit - 1)
-        return Page(snap.messages, offset, limit, snap.total_messages)
+        return Page(snap.messages, offset, limit, snap.total_messages, snap.exists)
 
     async def prompt(self, max_tokens: int | None = None) -> Prompt:
         """The memory as OpenAI Chat Completions messages with ``prompt_tokens``, the exact

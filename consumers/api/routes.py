@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
@@ -34,7 +34,7 @@ from consumers.api.models import (
 from consumers.bootstrap import App
 from consumers.catalog import ResourceError
 from consumers.health import Probes, health_routes
-from consumers.recovery import PointInTime, memory_at
+from consumers.recovery import PointInTime, memory_at, parse_time_ms
 from memory_core import (
     AsyncSafeMemoryInstance,
     Draft,
@@ -159,13 +159,10 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
         who.check(entry.config.id, key)
         return app.memory(key, memory_id)
 
-    async def existing(key: str, who: Caller) -> AsyncSafeMemoryInstance:
-        mem = memory(key, who)
-        if not (await app.store.read(key, start=0, stop=0)).exists:
-            raise _HttpError(
-                404, "not_found", f"memory {key} does not exist (never written, or expired)"
-            )
-        return mem
+    def missing(key: str) -> _HttpError:
+        return _HttpError(
+            404, "not_found", f"memory {key} does not exist (never written, or expired)"
+        )
 
     @api.get("/v1/memories", response_model=MemoriesOut, tags=["memories"])
     async def list_memories(
@@ -200,7 +197,7 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
         at_ms = None
         if at is not None:
             try:
-                at_ms = int(at) if at.isdigit() else _iso_ms(at)
+                at_ms = parse_time_ms(at)
             except ValueError:
                 raise _HttpError(400, "invalid_time", f"at={at!r}: ISO 8601 or epoch ms") from None
         point = await memory_at(
@@ -225,11 +222,14 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
         ``at``/``at_offset``: as it was then, rebuilt from the log."""
         try:
             if at is None and at_offset is None:
-                made = await (await existing(key, who)).prompt(max_tokens)
+                memory(key, who)
+                snap = await app.store.read(key)  # one read: existence and messages
+                if not snap.exists:
+                    raise missing(key)
+                held = snap.messages
             else:
-                point = await past(key, who, at, at_offset)
-                counter = app.catalog.resolve(key).counter
-                made = build_prompt(point.state.messages, counter, max_tokens)
+                held = (await past(key, who, at, at_offset)).state.messages
+            made = build_prompt(held, app.catalog.resolve(key).counter, max_tokens)
         except PromptBudgetError as exc:
             raise _HttpError(422, "budget_too_small", str(exc)) from None
         return PromptOut(memory_key=key, **made.as_dict())
@@ -327,8 +327,10 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
                 total=len(held),
                 has_more=offset + limit < len(held),
             )
-        mem = await existing(key, who)
+        mem = memory(key, who)
         page = await mem.read_paginated(offset, limit)
+        if not page.exists:
+            raise missing(key)
         return MessagesOut(
             memory_key=key,
             memory_id=mem.config.id,
@@ -344,13 +346,6 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
             api.router.routes.append(route)
     api.add_middleware(_BodyLimit, limit=settings.http_max_body_bytes)
     return api
-
-
-def _iso_ms(text: str) -> int:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _version() -> str:

@@ -6,7 +6,7 @@
 - ``point_in_time``: one memory as it was at an offset or a time.
 """
 
-from consumers.recovery.point_in_time import PointInTime, memory_at
+from consumers.recovery.point_in_time import PointInTime, memory_at, parse_time_ms
 from consumers.recovery.reading import LogContents, Progress, ProgressFn, read_log
 from consumers.recovery.replay import ReplayReport, replay
 from consumers.recovery.verify import Mismatch, VerifyReport, verify
@@ -20,6 +20,7 @@ __all__ = [
     "ReplayReport",
     "VerifyReport",
     "memory_at",
+    "parse_time_ms",
     "read_log",
     "replay",
     "verify",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiokafka.structs import TopicPartition
 
@@ -14,6 +15,17 @@ from consumers.recovery.reading import FoldedMemory, LogReader, Progress
 from consumers.settings import Settings
 from memory_core import MemoryState
 from schemas import AvroCodec
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds of ``text``: digits (already ms) or ISO 8601 (UTC when no zone);
+    ``ValueError`` otherwise."""
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,9 +78,10 @@ async def replay(
             # otherwise (partly written, or diverged) is deleted and written again.
             stale: list[str] = []
             for key, memory in sorted(alive.items()):
-                if not (await store.read(key, start=0, stop=0)).exists:
+                snap = await store.read(key)
+                if not snap.exists:
                     stale.append(key)
-                elif await compare(store, key, memory) is not None:
+                elif await compare(store, key, memory, snap) is not None:
                     report.rewritten += 1
                     stale.append(key)
                     if not dry_run:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from consumers.catalog import MemoryCatalog
 from consumers.recovery.reading import FoldedMemory, LogReader, ProgressFn, each_partition
 from consumers.settings import Settings
+from memory_core import Snapshot
 from memory_core.redis import RedisMemoryStore
 from memory_core.values import replace
 from schemas import AvroCodec
@@ -89,10 +90,14 @@ async def verify(
     return report
 
 
-async def compare(store: RedisMemoryStore, key: str, memory: FoldedMemory) -> Mismatch | None:
-    """How the stored memory differs from the fold of its events (None: it does not)."""
+async def compare(
+    store: RedisMemoryStore, key: str, memory: FoldedMemory, snap: Snapshot | None = None
+) -> Mismatch | None:
+    """How the stored memory (``snap``, when already read whole) differs from the fold of
+    its events (None: it does not)."""
     expected = memory.state
-    snap = await store.read(key)
+    if snap is None:
+        snap = await store.read(key)
     if snap.home is not None and snap.home != memory.home:
         return Mismatch(key, f"home {snap.home} != {memory.home} of the log")
     recent = await store.recent_event_ids(key)

@@ -66,10 +66,11 @@ class AppliedNotices:
             if self._reader is None or self._reader.done():
                 self._subscribed.clear()
                 self._reader = asyncio.create_task(self._read(), name="memstream-applied")
-        await asyncio.wait(
-            [asyncio.ensure_future(self._subscribed.wait()), self._reader],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        subscribed = asyncio.ensure_future(self._subscribed.wait())
+        try:
+            await asyncio.wait([subscribed, self._reader], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscribed.cancel()  # not left pending when the subscription failed
         if self._reader.done():
             self._reader.result()  # the subscription failed: raise why
 
