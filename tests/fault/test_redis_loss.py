@@ -6,7 +6,6 @@ lag drains by itself."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,36 +15,14 @@ import pytest
 from consumers.bootstrap import App, build_app
 from consumers.runner import Runner
 from consumers.settings import Settings
-from consumers.stack.redis_server import find_redis_server
+from tests.fault.test_redis_restart import RedisProcess
 from tests.integration.test_ordering import Conversation, until_verified, workload
-from tests.ports import free_port_block
 from tests.services import cluster_settings
 
 
-class VolatileRedis:
-    """A real redis-server without persistence: killed, it comes back empty."""
-
-    def __init__(self, data: Path) -> None:
-        self.port = free_port_block(1)
-        self.data = data
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(find_redis_server()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture
-def volatile(tmp_path: Path) -> Iterator[VolatileRedis]:
-    server = VolatileRedis(tmp_path)
+def volatile(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path, persistent=False)
     server.start()
     yield server
     if server.proc is not None and server.proc.poll() is None:
@@ -53,7 +30,7 @@ def volatile(tmp_path: Path) -> Iterator[VolatileRedis]:
 
 
 @pytest.fixture
-async def app(pipeline_settings: Settings, volatile: VolatileRedis) -> AsyncIterator[App]:
+async def app(pipeline_settings: Settings, volatile: RedisProcess) -> AsyncIterator[App]:
     settings = pipeline_settings.model_copy(
         update={"redis_url": f"redis://127.0.0.1:{volatile.port}/0"}
     )
@@ -86,7 +63,7 @@ async def _drained(runner: Runner, timeout: float = 60.0) -> None:
 
 
 async def test_lost_partitions_are_restored_before_new_events_apply(
-    app: App, volatile: VolatileRedis, names: str
+    app: App, volatile: RedisProcess, names: str
 ) -> None:
     conversations = workload(seed=51, prefix=names, keys=24, events=45)
     async with Runner(app, ("apply",)) as runner:

@@ -20,34 +20,24 @@ from tests.ports import free_port_block
 from tests.strategies import appended, message
 
 
-class DurableRedis:
-    """A real redis-server with AOF (fsync always) that the test can kill and restart."""
+class RedisProcess:
+    """A real redis-server that the test can kill and restart: with AOF (fsync always) when
+    ``persistent``, else without persistence (it comes back empty)."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *, persistent: bool = True) -> None:
         self.port = free_port_block(1)  # below 32768, out of the outgoing range
         self.data = data
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        aof = ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(
-            [
-                str(find_redis_server()),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.data),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+            [str(find_redis_server()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", *(aof if self.persistent else ["--appendonly", "no"]),
+             "--dir", str(self.data)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -56,8 +46,8 @@ class DurableRedis:
 
 
 @pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
-    server = DurableRedis(tmp_path)
+def durable_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
     server.start()
     yield server
     if server.proc is not None and server.proc.poll() is None:
@@ -65,7 +55,7 @@ def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
 
 
 @pytest.fixture
-async def client(durable_redis: DurableRedis) -> AsyncIterator[Redis]:
+async def client(durable_redis: RedisProcess) -> AsyncIterator[Redis]:
     # No client-side retries: the outage must reach the store, which must survive it.
     redis = Redis(
         port=durable_redis.port,
@@ -98,7 +88,7 @@ async def _apply_until_done(
 
 
 async def test_redis_killed_mid_run_comes_back_with_whole_batches_only(
-    durable_redis: DurableRedis, client: Redis
+    durable_redis: RedisProcess, client: Redis
 ) -> None:
     policy: MemoryPolicy = _policy(max_tokens=400)
     store = RedisMemoryStore(client, prefix="fault")
@@ -133,7 +123,7 @@ async def test_redis_killed_mid_run_comes_back_with_whole_batches_only(
 
 
 async def test_scripts_are_reloaded_after_a_restart_without_persistence(
-    durable_redis: DurableRedis, client: Redis
+    durable_redis: RedisProcess, client: Redis
 ) -> None:
     store = RedisMemoryStore(client, prefix="fault")
     policy = _policy()
