@@ -11,7 +11,7 @@ from aiokafka.structs import TopicPartition
 from consumers.bootstrap import App, build_app
 from consumers.settings import Settings
 from memory_core.redis import KeyBatch, RedisMemoryStore
-from tests.fault.test_redis_restart import DurableRedis
+from tests.fault.test_redis_restart import RedisProcess
 from tests.integration.test_ordering import (
     apply_consumer,
     produce_concurrently,
@@ -89,7 +89,7 @@ async def test_a_consumer_that_lost_its_partition_is_fenced_and_commits_nothing(
 async def test_the_consumer_rides_out_a_redis_outage_and_loses_nothing(
     pipeline_settings: Settings, tmp_path: Path, names: str, max_records: int
 ) -> None:
-    server = DurableRedis(tmp_path)
+    server = RedisProcess(tmp_path)
     server.start()
     settings = pipeline_settings.model_copy(
         update={"redis_url": f"redis://127.0.0.1:{server.port}/0", "redis_socket_timeout_s": 1.0}
