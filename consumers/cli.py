@@ -557,12 +557,16 @@ def _show_at(
     except MemstreamError as exc:
         raise _failed(exc) from None
     messages = point.state.messages
-    if not point.events:
+    if not point.found:
         raise _fail(
             f"memory {key} had no events up to offset {point.offset} of its partition",
             EXIT_NOT_FOUND,
         )
-    as_of = {"offset": point.offset, "events": point.events}
+    as_of = {
+        "offset": point.offset,
+        "events": point.events,
+        "snapshot_offset": point.snapshot_offset,
+    }
     if prompt:
         try:
             made = build_prompt(messages, entry.counter, max_tokens)
@@ -657,6 +661,13 @@ def _demo_traces(settings: Settings) -> str | None:
 
 _PARTITION_HELP = "Only this partition of the events topic (repeat for more)"
 _KEY_HELP = "Only this memory (repeat for more); reads only its home partition"
+_NO_SNAPSHOTS_HELP = "Read every partition from its beginning, not from its snapshots"
+
+
+def _from_snapshots(snapshots: int, skipped: int) -> str:
+    if not snapshots and not skipped:
+        return ""
+    return f"; {snapshots} started from snapshots, {skipped} records before the watermarks not read"
 
 
 def _progress(quiet: bool) -> Callable[[Any], None] | None:
@@ -671,9 +682,10 @@ def verify_cmd(
     partition: Annotated[list[int] | None, typer.Option(help=_PARTITION_HELP)] = None,
     key: Annotated[list[str] | None, typer.Option(help=_KEY_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines")] = False,
+    no_snapshots: Annotated[bool, typer.Option("--no-snapshots", help=_NO_SNAPSHOTS_HELP)] = False,
 ) -> None:
     """Replay the events topic through the pure model and compare every memory in Redis
-    (streamed partition by partition, in bounded memory)."""
+    (streamed partition by partition, in bounded memory, from each partition's snapshots)."""
     from consumers.recovery import verify
 
     async def go() -> int:
@@ -681,12 +693,14 @@ def verify_cmd(
             report = await verify(
                 settings, catalog, codec, store, key or None,
                 partitions=partition or None, progress=_progress(quiet),
+                snapshots=not no_snapshots,
             )  # fmt: skip
         for m in report.mismatches[:20]:
             typer.echo(f"MISMATCH {m.memory_key}: {m.detail}")
         typer.echo(
             f"{report.memories} memories, {report.events} events replayed, "
             f"{len(report.mismatches)} mismatches, {report.expired} expired (not compared)"
+            + _from_snapshots(report.snapshots, report.skipped)
         )
         return 0 if report.ok else 1
 
@@ -703,9 +717,11 @@ def replay_cmd(
     key: Annotated[list[str] | None, typer.Option(help=_KEY_HELP)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing; say what")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines")] = False,
+    no_snapshots: Annotated[bool, typer.Option("--no-snapshots", help=_NO_SNAPSHOTS_HELP)] = False,
 ) -> None:
-    """Rebuild Redis from the events topic (recovery; stop the apply consumers first).
-    Memories whose TTL ran out since their last event are not brought back."""
+    """Rebuild Redis from the events topic (recovery; stop the apply consumers first), from
+    each partition's snapshots and the log after them. Memories whose TTL ran out since their
+    last event are not brought back."""
     from consumers.recovery import ReplayReport, replay
 
     async def go() -> ReplayReport:
@@ -713,6 +729,7 @@ def replay_cmd(
             return await replay(
                 settings, catalog, codec, store, keys=key or None,
                 partitions=partition or None, dry_run=dry_run, progress=_progress(quiet),
+                snapshots=not no_snapshots,
             )  # fmt: skip
 
     try:
@@ -725,7 +742,7 @@ def replay_cmd(
         f"{report.memories} memories in the log ({report.events} events): {written} {verb} "
         f"({report.rewritten} of them held otherwise by Redis, deleted first), "
         f"{report.unchanged} already as the log has them; {report.expired} expired since "
-        "their last event, not brought back"
+        "their last event, not brought back" + _from_snapshots(report.snapshots, report.skipped)
     )
 
 

@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     # The apply consumer announces each batch's applied offsets on Redis pub/sub, so writers
     # waiting for their events wake at once instead of polling (docs/decisions/0014).
     announce_applied: bool = True
+    # Snapshots (docs/semantics.md, "Snapshots"): the apply consumer checkpoints a partition
+    # it owns once this many events were applied to it since its last checkpoint, or this
+    # many seconds passed with some applied; 0 events turns snapshots off.
+    snapshot_every_events: int = Field(default=50_000, ge=0)
+    snapshot_every_s: float = Field(default=300.0, gt=0)
     dispatcher_group: str = "memstream-dispatch"
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None

@@ -142,6 +142,8 @@ class Telemetry:
         # Partitions restored from the log after Redis lost their state (apply/restore.py).
         self.restores = meter.create_counter("memstream.restores", "{partition}")
         self.restored_events = meter.create_counter("memstream.restore.events", "{event}")
+        # Memory states published to the snapshots topic by checkpoints (apply/snapshots.py).
+        self.snapshots = meter.create_counter("memstream.snapshots", "{memory}")
         # Counters of failures start at 0, so a dashboard's rate() and an alert see a series
         # (0, not "no data") before the first failure.
         for zero in (
@@ -154,6 +156,7 @@ class Telemetry:
             self.restores,
             self.restored_events,
             self.flushes_collapsed,
+            self.snapshots,
         ):
             zero.add(0)
         self.lock_contention.add(0, {"outcome": "refused"})

@@ -5,6 +5,7 @@ from schemas.errors import DecodeError, SchemaError, SchemaRegistryError, Unknow
 from schemas.registry import (
     FLUSH_COMMAND,
     MEMORY_EVENT,
+    MEMORY_SNAPSHOT,
     ConfluentRegistry,
     EmbeddedRegistry,
     RegisteredSchema,
@@ -15,6 +16,7 @@ from schemas.registry import (
 __all__ = [
     "FLUSH_COMMAND",
     "MEMORY_EVENT",
+    "MEMORY_SNAPSHOT",
     "AvroCodec",
     "ConfluentRegistry",
     "DecodeError",

@@ -18,6 +18,7 @@ from schemas.errors import SchemaRegistryError, UnknownSchemaError
 
 MEMORY_EVENT = "memory-event"
 FLUSH_COMMAND = "flush-command"
+MEMORY_SNAPSHOT = "memory-snapshot"
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,7 @@ def build_api(app: App, probes: Probes | None = None) -> FastAPI:
         point = await memory_at(
             settings, app.catalog, app.codec, key, offset=at_offset, at_ms=at_ms
         )
-        if not point.events:
+        if not point.found:
             raise _HttpError(
                 404, "not_found", f"memory {key} had no events up to offset {point.offset}"
             )

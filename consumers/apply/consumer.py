@@ -27,6 +27,7 @@ from consumers.apply.decoding import Batch, Decoder, KeyWork
 from consumers.apply.lag import Lag
 from consumers.apply.outputs import BatchOutputs
 from consumers.apply.restore import Restorer
+from consumers.apply.snapshots import SnapshotPublisher
 from consumers.catalog import MemoryCatalog
 from consumers.connections import kafka_consumer, kafka_producer
 from consumers.generations import (
@@ -129,6 +130,7 @@ class ApplyConsumer(Component):
         self._restorer = Restorer(settings, catalog, codec, store, telemetry)
         # Each restore done, with what it wrote (for tests and progress views).
         self.restored: list[tuple[TopicPartition, ReplayReport]] = []
+        self.snapshots = SnapshotPublisher(settings, codec, store, telemetry)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -152,6 +154,7 @@ class ApplyConsumer(Component):
         self.telemetry.add_restoring_source(lambda: len(self._lost))
 
     async def _join(self, gen: Generation) -> None:
+        await self.snapshots.use(gen)
         self._decoder = Decoder(
             self.codec, self.catalog, gen, show_keys=self.settings.telemetry_show_keys
         )
@@ -172,7 +175,7 @@ class ApplyConsumer(Component):
         await _started(consumer)
         self._consumer = consumer
         assert self._producer is not None
-        self._checkpoints = Checkpoints(consumer, self._producer, self._lag.committed.update)
+        self._checkpoints = Checkpoints(consumer, self._producer, self._committed)
 
     async def _warn_if_grown(self, gen: Generation) -> None:
         count = await topic_partition_count(self.settings, gen.topic)
@@ -225,6 +228,7 @@ class ApplyConsumer(Component):
         with contextlib.suppress(MemstreamError):
             await self.store.release(self.owner)
         self.store.forget()
+        await self.snapshots.revoked(None)
         self.generation = latest
         await self._join(latest)
 
@@ -241,6 +245,7 @@ class ApplyConsumer(Component):
                 await consumer.stop()
             with contextlib.suppress(MemstreamError):
                 await self.store.release(self.owner)
+        await self.snapshots.stop()
         await asyncio.gather(*self._announcing, return_exceptions=True)
         if producer is not None:
             await producer.stop()
@@ -270,6 +275,11 @@ class ApplyConsumer(Component):
                 self._lost_partition(tp, consumer)
                 continue
             self._epochs[tp] = await self.store.new_epoch(scope)
+            self.snapshots.assigned(tp, self._epochs[tp], committed)
+
+    def _committed(self, commit: dict[TopicPartition, int]) -> None:
+        self._lag.committed.update(commit)
+        self.snapshots.committed(commit)
 
     def _lost_partition(self, tp: TopicPartition, consumer: AIOKafkaConsumer | None) -> None:
         self._lost.add(tp)
@@ -298,6 +308,7 @@ class ApplyConsumer(Component):
             self._epochs[tp] = await self.store.new_epoch(
                 scope, at_least=self._epochs.get(tp, 0) + 1
             )
+            self.snapshots.assigned(tp, self._epochs[tp], committed)
             self._lag.restart(tp, committed)
             if self._ahead is not None:
                 self._ahead.drop({tp})
@@ -320,6 +331,7 @@ class ApplyConsumer(Component):
             await self._checkpoints.drain(self.revoke_timeout_s)
         if self._ahead is not None:
             self._ahead.drop(set(revoked))
+        await self.snapshots.revoked(revoked)
         for tp in revoked:
             self._epochs.pop(tp, None)
             self._fenced.discard(tp)
@@ -469,7 +481,9 @@ class ApplyConsumer(Component):
         outputs = BatchOutputs(self.settings, self.codec)
         failed = await self._lost_on_cluster([part for part, _ in results])
         group = self.group()
+        snapshots = self.snapshots if self.snapshots.enabled else None
         for part, (outcomes, timing) in results:
+            stored: list[str] = []
             for outcome in outcomes:
                 w = part[outcome.memory_key]
                 if w.partition in failed:
@@ -479,6 +493,9 @@ class ApplyConsumer(Component):
                     self._refused(w.partition, outcome)
                     continue
                 account(outcome, w, report, outputs, self.telemetry, group, timing)
+                stored.append(outcome.memory_key)
+            if snapshots is not None:
+                snapshots.applied(part, stored)
         self._announce({tp: recs[-1].offset for tp, recs in fetched.items() if tp not in failed})
         for rec, reason, detail, extra in batch.dead:
             outputs.dead_letter(rec, reason, detail, extra)

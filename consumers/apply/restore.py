@@ -2,6 +2,9 @@
 the log, before its consumer applies anything new to it, as Kafka Streams restores a state
 store from its changelog (docs/semantics.md, "Recovery").
 
+Each partition is read from its latest snapshot watermark, its snapshotted memories written
+from their snapshots (``consumers.snapshots``).
+
 Redis lost a partition when its epoch counter is gone: the owner takes it at assignment, so
 it exists as long as Redis kept its data. ``write.lua`` refuses (``lost``) to write onto a
 partition without it, and a new owner finds it missing while Kafka holds committed offsets.
@@ -70,12 +73,14 @@ class Restorer:
         self.telemetry.restores.add(1, attributes)
         self.telemetry.restored_events.add(report.events, attributes)
         log.warning(
-            "restored %s: %d memories, %d events from the log in %.1fs (%d expired, not "
-            "brought back)",
+            "restored %s: %d memories (%d from snapshots), %d events from the log in %.1fs "
+            "(%d records before the watermark not read; %d expired, not brought back)",
             tp,
             report.memories,
+            report.snapshots,
             report.events,
             time.monotonic() - started,
+            report.skipped,
             report.expired,
         )
         return report

@@ -13,6 +13,7 @@ from consumers.connections import kafka_consumer
 from consumers.generations import existing_generation
 from consumers.recovery.reading import FoldedMemory, LogReader, Progress
 from consumers.settings import Settings
+from consumers.snapshots import read_snapshots
 from memory_core import MemoryState
 from schemas import AvroCodec
 
@@ -31,12 +32,19 @@ def parse_time_ms(text: str) -> int:
 @dataclass(frozen=True, slots=True)
 class PointInTime:
     """A memory as it was: its state after every event of its home partition up to
-    ``offset`` (inclusive; -1: before any), folded from the log."""
+    ``offset`` (inclusive; -1: before any), folded from the log: ``events`` of them read,
+    after the snapshot at ``snapshot_offset`` when it started from one."""
 
     memory_key: str
     state: MemoryState
     offset: int
     events: int
+    snapshot_offset: int | None = None
+
+    @property
+    def found(self) -> bool:
+        """Whether the memory had any event up to ``offset``."""
+        return self.events > 0 or self.snapshot_offset is not None
 
 
 async def memory_at(
@@ -47,10 +55,12 @@ async def memory_at(
     *,
     offset: int | None = None,
     at_ms: int | None = None,
+    snapshots: bool = True,
 ) -> PointInTime:
     """``memory_key`` as it was after the event at ``offset`` of its home partition, or
     after every event appended before ``at_ms`` (Kafka timestamps; docs/semantics.md,
-    "Recovery"). Reads the partition from its beginning up to that point only."""
+    "Recovery"). Reads the partition up to that point only, from the memory's latest
+    snapshot at or before it (``snapshots`` False, or none kept: from the beginning)."""
     if (offset is None) == (at_ms is None):
         raise ValueError("give exactly one of offset and at_ms")
     gen = await existing_generation(settings)
@@ -62,7 +72,21 @@ async def memory_at(
     reader = LogReader(settings, catalog, codec, gen, progress, None)
     memory: FoldedMemory | None = None
     home = f"{gen.topic}:{partition}"
-    async with contextlib.aclosing(reader.batches(partition, {memory_key}, upto=offset)) as it:
+    start = 0
+    snapshot_offset = None
+    if snapshots:
+        found = await read_snapshots(
+            settings, codec, gen, partition, upto=offset, keys={memory_key}
+        )
+        snap = found.memories.get(memory_key)
+        entry = catalog.get(snap.memory_id) if snap is not None else None
+        if snap is not None and entry is not None:
+            # The snapshot holds every event of the memory up to its offset.
+            memory = FoldedMemory(entry.policy, home, snap.state, 0, snap.last_event_ms)
+            start = snap.last_offset + 1
+            snapshot_offset = snap.last_offset
+    fold = reader.batches(partition, {memory_key}, upto=offset, start=start)
+    async with contextlib.aclosing(fold) as it:
         async for grouped in it:
             group = grouped.get(memory_key)
             if group is None:
@@ -72,7 +96,8 @@ async def memory_at(
             memory.state = memory.policy.manager.apply(memory.state, group.events).state
             memory.events += len(group.events)
     state = memory.state if memory is not None else MemoryState()
-    return PointInTime(memory_key, state, offset, memory.events if memory is not None else 0)
+    events = memory.events if memory is not None else 0
+    return PointInTime(memory_key, state, offset, events, snapshot_offset)
 
 
 async def _last_offset_before(settings: Settings, topic: str, partition: int, at_ms: int) -> int:

@@ -1,6 +1,7 @@
 """Reading the events topic for recovery: as the apply consumer decodes it, partition by
 partition, holding per memory its folded state or last write time, never its events beyond
-one fetched batch (docs/semantics.md, "Recovery")."""
+one fetched batch, and starting from the partition's snapshots when it has them
+(docs/semantics.md, "Recovery" and "Snapshots")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
 from consumers.generations import Generation, existing_generation
 from consumers.settings import Settings
+from consumers.snapshots import read_snapshots
 from consumers.topic_reader import read_to_end
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
 from schemas import MEMORY_EVENT, AvroCodec, DecodeError
@@ -67,6 +69,8 @@ class FoldedMemory:
     state: MemoryState = field(default_factory=MemoryState)
     events: int = 0
     last_ms: int = 0  # the Kafka timestamp of its last event
+    # The snapshot state the fold started from (None: the memory's first event).
+    base: MemoryState | None = None
 
     def expired(self, now_ms: int) -> bool:
         """Whether its TTL ran out since its last event (docs/semantics.md, "Recovery")."""
@@ -93,6 +97,9 @@ class Progress:
     events: int = 0
     memories: int = 0
     partitions_done: int = 0
+    # Records before the partitions' watermarks, not read: their snapshots stand for them.
+    skipped: int = 0
+    snapshots: int = 0  # memories started from a snapshot
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -116,6 +123,15 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+@dataclass(slots=True)
+class FoldedPartition:
+    """A partition's memories folded, and the offset its read started at (0 without a
+    usable watermark)."""
+
+    memories: dict[str, FoldedMemory]
+    start: int
+
+
 class LogReader:
     """Streams the events topic partition by partition, decoded as the apply consumer
     decodes it, and reports progress at most once a second."""
@@ -128,27 +144,53 @@ class LogReader:
         gen: Generation,
         progress: Progress,
         report: ProgressFn | None,
+        *,
+        snapshots: bool = True,
     ) -> None:
+        """With ``snapshots`` False, every partition is read from its beginning."""
         self.settings, self.catalog, self.codec, self.gen = settings, catalog, codec, gen
         self.progress = progress
+        self.snapshots = snapshots
         self._report = report
         self._reported = 0.0
 
     async def batches(
-        self, partition: int, keys: set[str] | None, upto: int | None = None
+        self, partition: int, keys: set[str] | None, upto: int | None = None, start: int = 0
     ) -> AsyncGenerator[dict[str, BatchGroup], None]:
-        """Each fetched batch of ``partition``: its valid events per memory, in log order
-        (up to offset ``upto`` inclusive, when given)."""
+        """Each fetched batch of ``partition`` from offset ``start``: its valid events per
+        memory, in log order (up to offset ``upto`` inclusive, when given). Raises
+        ``MemstreamError`` when retention deleted records at or after ``start``."""
         gen, codec, catalog = self.gen, self.codec, self.catalog
         ends: dict[int, int] = {}
+        firsts: dict[int, int] = {}
         counted = False
+
+        def count() -> None:
+            nonlocal counted
+            counted = True
+            first = firsts.get(partition, 0)
+            if first > start:
+                raise MemstreamError(
+                    f"{gen.topic}:{partition} starts at offset {first} (retention deleted the "
+                    f"records before it) and no snapshot watermark covers them: it cannot be "
+                    f'rebuilt (docs/semantics.md, "Snapshots")'
+                )
+            self.progress.total_records += max(ends.get(partition, 0) - start, 0)
+            self.progress.skipped += start
+
         # Closed even when the caller stops early (a point in time): its consumer stops.
-        fetched = read_to_end(self.settings, gen.topic, partitions=[partition], ends=ends)
+        fetched = read_to_end(
+            self.settings,
+            gen.topic,
+            partitions=[partition],
+            ends=ends,
+            starts={partition: start},
+            firsts=firsts,
+        )
         async with contextlib.aclosing(fetched) as stream:
             async for records in stream:
                 if not counted:
-                    self.progress.total_records += ends.get(partition, 0)
-                    counted = True
+                    count()
                 if upto is not None and records[0].offset > upto:
                     return
                 grouped: dict[str, BatchGroup] = {}
@@ -172,6 +214,8 @@ class LogReader:
                 self.progress.records += len(records)
                 yield grouped
                 self.tick()
+        if not counted:
+            count()
 
     def tick(self, force: bool = False) -> None:
         """Report progress (at most once a second unless ``force``)."""
@@ -182,12 +226,30 @@ class LogReader:
 
     async def fold(
         self, partition: int, keys: set[str] | None, upto: int | None = None
-    ) -> dict[str, FoldedMemory]:
+    ) -> FoldedPartition:
         """Every memory of ``partition`` folded from its events (states, not events, kept),
-        up to offset ``upto`` when given."""
+        up to offset ``upto`` when given: from its latest usable watermark, each memory
+        snapshotted starting from its snapshot, or else from the beginning."""
         memories: dict[str, FoldedMemory] = {}
         home = f"{self.gen.topic}:{partition}"
-        async for grouped in self.batches(partition, keys, upto):
+        start = 0
+        if self.snapshots:
+            snaps = await read_snapshots(
+                self.settings, self.codec, self.gen, partition, upto=upto, keys=keys
+            )
+            if snaps.usable:
+                assert snaps.watermark is not None
+                start = snaps.watermark
+                for key, snap in snaps.memories.items():
+                    entry = self.catalog.get(snap.memory_id)
+                    if entry is None:
+                        continue  # its resource is gone: its events are dead letters now
+                    memories[key] = FoldedMemory(
+                        entry.policy, home, snap.state, 0, snap.last_event_ms, snap.state
+                    )
+                self.progress.memories += len(memories)
+                self.progress.snapshots += len(memories)
+        async for grouped in self.batches(partition, keys, upto, start):
             for key, group in grouped.items():
                 memory = memories.get(key)
                 if memory is None:
@@ -197,7 +259,7 @@ class LogReader:
                 memory.events += len(group.events)
                 memory.last_ms = max(memory.last_ms, group.last_ms)
                 self.progress.events += len(group.events)
-        return memories
+        return FoldedPartition(memories, start)
 
 
 async def each_partition(

@@ -21,7 +21,8 @@ from schemas import AvroCodec
 class ReplayReport:
     """What ``replay`` found (and wrote, unless ``dry_run``): ``memories`` live in the log,
     with ``events``; ``expired`` not brought back; ``unchanged`` already as the log has
-    them; ``rewritten`` held otherwise by Redis (deleted, then written from the log)."""
+    them; ``rewritten`` held otherwise by Redis (deleted, then written from the log);
+    ``snapshots`` started from a snapshot; ``skipped`` records before the watermarks, not read."""
 
     memories: int
     events: int
@@ -29,6 +30,8 @@ class ReplayReport:
     dry_run: bool = False
     unchanged: int = 0
     rewritten: int = 0
+    snapshots: int = 0
+    skipped: int = 0
 
 
 async def replay(
@@ -46,6 +49,7 @@ async def replay(
     upto: int | None = None,
     owner: str = "replay",
     generation: Generation | None = None,
+    snapshots: bool = True,
 ) -> ReplayReport:
     """Rebuild the memories of the log into Redis (idempotent: applied offsets are skipped),
     streamed partition by partition (``parallel`` at a time) in two passes: the first folds
@@ -61,7 +65,7 @@ async def replay(
     """
     await store.ping()
     gen, chosen, state = await each_partition(settings, keys, partitions, "replay", generation)
-    reader = LogReader(settings, catalog, codec, gen, state, progress)
+    reader = LogReader(settings, catalog, codec, gen, state, progress, snapshots=snapshots)
     wanted = set(keys) if keys is not None else None
     now = int(time.time() * 1000) if now_ms is None else now_ms
     report = ReplayReport(0, 0, 0, dry_run)
@@ -69,7 +73,8 @@ async def replay(
 
     async def one(partition: int) -> None:
         async with limit:
-            memories = await reader.fold(partition, wanted, upto)
+            folded = await reader.fold(partition, wanted, upto)
+            memories = folded.memories
             alive = {k: m for k, m in memories.items() if not m.expired(now)}
             report.expired += len(memories) - len(alive)
             report.memories += len(alive)
@@ -93,11 +98,8 @@ async def replay(
                 return
             remaining = {k: alive[k].last_ms + alive[k].policy.ttl_ms - now for k in stale}
             home = f"{gen.topic}:{partition}"
-            async for grouped in reader.batches(partition, set(stale), upto):
-                batches = [
-                    KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(remaining[key], 1))
-                    for key, g in grouped.items()
-                ]
+
+            async def write(batches: list[KeyBatch]) -> None:
                 for start in range(0, len(batches), 500):
                     outcomes = await store.apply(batches[start : start + 500], owner)
                     refused = [o for o in outcomes if o.result is None]
@@ -106,9 +108,26 @@ async def replay(
                             f"replay refused for {len(refused)} memories, e.g. "
                             f"{refused[0].memory_key}: {refused[0].status.value}"
                         )
+
+            # Snapshotted memories are written from their snapshots first; the tail's events
+            # up to a snapshot's offset then deduplicate (applied offsets are skipped).
+            await write(
+                [
+                    KeyBatch(k, alive[k].policy, (), home=home, ttl_ms=max(remaining[k], 1), base=b)
+                    for k in stale
+                    if (b := alive[k].base) is not None
+                ]
+            )
+            async for grouped in reader.batches(partition, set(stale), upto, folded.start):
+                batches = [
+                    KeyBatch(key, g.policy, g.events, home=home, ttl_ms=max(remaining[key], 1))
+                    for key, g in grouped.items()
+                ]
+                await write(batches)
                 state.events += sum(len(b.events) for b in batches)
             state.partitions_done += 1
 
     await asyncio.gather(*(one(p) for p in chosen))
     reader.tick(force=True)
+    report.snapshots, report.skipped = state.snapshots, state.skipped
     return report

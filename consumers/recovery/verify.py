@@ -26,12 +26,15 @@ class Mismatch:
 @dataclass
 class VerifyReport:
     """The outcome of ``verify``; ``expired``: memories whose TTL ran out since their last
-    event, not compared."""
+    event, not compared; ``snapshots``: started from a snapshot; ``skipped``: records before
+    the watermarks, not read."""
 
     memories: int
     events: int
     mismatches: list[Mismatch]
     expired: int = 0
+    snapshots: int = 0
+    skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,14 +53,17 @@ async def verify(
     progress: ProgressFn | None = None,
     parallel: int = 2,
     now_ms: int | None = None,
+    snapshots: bool = True,
 ) -> VerifyReport:
     """Compare every memory in Redis with the pure model applied to the log, streamed
     partition by partition (``parallel`` at a time), holding one memory state per memory of
     the partitions being read, never their events. Memories whose TTL ran out since their
-    last event are not compared (``expired``)."""
+    last event are not compared (``expired``). Each partition is read from its latest
+    watermark, snapshotted memories starting from their snapshots (``snapshots`` False: from
+    its beginning)."""
     await store.ping()  # a verify that never reached Redis must not pass
     gen, chosen, state = await each_partition(settings, keys, partitions, "verify")
-    reader = LogReader(settings, catalog, codec, gen, state, progress)
+    reader = LogReader(settings, catalog, codec, gen, state, progress, snapshots=snapshots)
     wanted = set(keys) if keys is not None else None
     now = int(time.time() * 1000) if now_ms is None else now_ms
     report = VerifyReport(0, 0, [])
@@ -66,7 +72,7 @@ async def verify(
 
     async def one(partition: int) -> None:
         async with limit:
-            memories = await reader.fold(partition, wanted)
+            memories = (await reader.fold(partition, wanted)).memories
             seen.update(memories)
             for key, memory in sorted(memories.items()):
                 report.memories += 1
@@ -87,6 +93,7 @@ async def verify(
         if (await store.read(key, start=0, stop=0)).exists:
             report.mismatches.append(Mismatch(key, "stored but has no events in the log"))
     reader.tick(force=True)
+    report.snapshots, report.skipped = state.snapshots, state.skipped
     return report
 
 

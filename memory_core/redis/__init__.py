@@ -8,6 +8,7 @@ from memory_core.redis.store import (
     KeyBatch,
     KeyOutcome,
     RedisMemoryStore,
+    StoredState,
     WriteStatus,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "RedisLease",
     "RedisLockManager",
     "RedisMemoryStore",
+    "StoredState",
     "WriteStatus",
     "use_hiredis_packing",
 ]

@@ -79,6 +79,17 @@ class KeyBatch(Value, frozen=True):
     # The memory's keys expire this long after the write (0: the policy's TTL); a replay
     # gives a memory what remains of its TTL since its last event (docs/semantics.md).
     ttl_ms: int = 0
+    # The state the events apply to when Redis does not hold the memory (a rebuild from a
+    # snapshot); a memory Redis holds is written from its stored state, as always.
+    base: MemoryState | None = None
+
+
+class StoredState(Value, frozen=True):
+    """A memory's whole state as Redis holds it, with its home and resource id."""
+
+    state: MemoryState
+    home: str | None
+    memory_id: str | None
 
 
 class KeyOutcome(Value, frozen=True):
@@ -355,7 +366,10 @@ class RedisMemoryStore:
         policy = b.policy
         known = cached.tokens
         totals = None if known is None else dict(zip(CATEGORIES, known, strict=True))
-        result = policy.manager.apply(cached.state, b.events, totals=totals)
+        start = b.base if b.base is not None and cached.version == 0 else cached.state
+        if start is not cached.state:
+            totals = None
+        result = policy.manager.apply(start, b.events, totals=totals)
         new = _next(cached, result.state)
         now = new.cached
         now.tokens = tuple([result.tokens[c] for c in CATEGORIES])
@@ -383,7 +397,10 @@ class RedisMemoryStore:
         # Only the ids the batch added to the window (a list trimmed by Redis): the cost of a
         # write does not grow with the window, which matters when a batch holds one event per
         # memory (a live stream).
-        added = _window_added(cached.state.recent_event_ids, result)
+        if start is cached.state:
+            added = _window_added(cached.state.recent_event_ids, result)
+        else:  # written from a base state onto nothing: the whole window is new
+            added = result.state.recent_event_ids
         now.ids_list = cached.ids_list or bool(added)
         renews = hold and token < 0
         if hold and not renews:
@@ -479,6 +496,23 @@ class RedisMemoryStore:
         self._drop(memory_key)
         async with translate_redis_errors():
             await self.redis.delete(k.meta, k.order, k.msgs, k.ids)
+
+    async def epoch(self, scope: str) -> int | None:
+        """``scope``'s current epoch (None: no counter)."""
+        async with translate_redis_errors():
+            raw = await self.redis.get(self.epoch_key(scope))
+        return None if raw is None else int(raw)
+
+    async def snapshot_watermark(self, scope: str) -> int | None:
+        """The last snapshot watermark published for ``scope`` (None: none recorded here)."""
+        async with translate_redis_errors():
+            raw = await self.redis.get(f"{self.prefix}:snapshots:{scope}")
+        return None if raw is None else int(raw)
+
+    async def set_snapshot_watermark(self, scope: str, offset: int) -> None:
+        """Record that ``scope``'s snapshot watermark ``offset`` was published."""
+        async with translate_redis_errors():
+            await self.redis.set(f"{self.prefix}:snapshots:{scope}", offset)
 
     async def epoch_exists(self, scope: str) -> bool:
         """Whether ``scope``'s epoch counter is in Redis (gone: Redis lost its data)."""
@@ -577,6 +611,22 @@ class RedisMemoryStore:
             if after != 0:
                 return keys, f"{i}-{after}"
             return keys, (f"{i + 1}-0" if i + 1 < len(masters) else "0")
+
+    async def state(self, memory_key: str) -> StoredState | None:
+        """The whole state of ``memory_key`` with its recent event ids, its home and
+        resource, read in one script call (None: Redis does not hold it)."""
+        k = self.keys(memory_key)
+        meta_flat, bodies, *_, ids, ids_type = await self._scripts.run(
+            READ, (k.meta, k.order, k.msgs, k.lock, k.ids), (0, -1)
+        )
+        if not meta_flat:
+            return None
+        meta = pairs(meta_flat)
+        recent = _recent_ids(ids) if _s(ids_type) == "string" else tuple(_s(x) for x in ids)
+        messages = tuple(decode_message(b) for b in bodies if b is not None)
+        return StoredState(
+            state_from(meta, messages, recent), meta.get("home"), meta.get("memory_id")
+        )
 
     async def read(self, memory_key: str, *, start: int = 0, stop: int = -1) -> Snapshot:
         """A consistent snapshot of ``memory_key``; ``start``/``stop`` select a page (inclusive)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from consumers.bootstrap import App, build_app
+from consumers.recovery import verify
 from consumers.runner import Runner
 from consumers.settings import Settings
 from tests.fault.test_redis_restart import RedisProcess
@@ -115,3 +116,43 @@ async def test_a_wiped_redis_cluster_is_detected_by_the_running_consumer_and_res
         await until_verified(app)
         assert runner.failure is None
         assert runner.consumer is not None and runner.consumer.restored
+
+
+async def test_a_wiped_redis_is_restored_from_snapshots_and_the_tail_of_the_log(
+    pipeline_settings: Settings, volatile: RedisProcess, names: str
+) -> None:
+    # Checkpoints every 30 events or second: most of the log is behind a watermark when Redis
+    # is wiped, so each restore reads only the tail after it.
+    settings = pipeline_settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{volatile.port}/0",
+            "snapshot_every_events": 30,
+            "snapshot_every_s": 1.0,
+        }
+    )
+    conversations = workload(seed=53, prefix=names, keys=20, events=40)
+    async with build_app(settings) as app, Runner(app, ("apply",)) as runner:
+        await _produce(app, conversations, slice(0, 30))
+        await until_verified(app)
+        consumer = runner.consumer
+        assert consumer is not None
+        deadline = time.monotonic() + 30
+        while consumer.snapshots.checkpoints < settings.topic_partitions:
+            assert time.monotonic() < deadline, consumer.snapshots.checkpoints
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)  # the last events' checkpoints, by time
+        await app.redis.flushall()
+        await _produce(app, conversations, slice(30, 40))
+        await _drained(runner)
+        await until_verified(app)
+        assert runner.failure is None
+        reports = [r for _, r in consumer.restored]
+        assert reports and all(r.memories > 0 for r in reports)
+        # The snapshots stood for the log before the watermarks.
+        assert sum(r.snapshots for r in reports) > 0
+        assert sum(r.skipped for r in reports) > 0
+    # The whole log agrees with what the restore built from snapshots and tails.
+    async with build_app(settings) as app:
+        report = await verify(app.settings, app.catalog, app.codec, app.store, snapshots=False)
+        assert report.ok, report.mismatches[:3]
+        assert report.memories == len(conversations)

@@ -244,7 +244,8 @@ def test_show_pages_a_memory_prints_its_prompt_and_lists_memories(
     then = _invoke("show", key, "--json", "--at-offset", str(last - 1))
     assert then.exit_code == 0, then.output
     assert [m["id"] for m in json.loads(then.stdout)["messages"]] == ["m0", "m1", "m2"]
-    assert json.loads(then.stdout)["as_of"] == {"offset": last - 1, "events": 3}
+    as_of = json.loads(then.stdout)["as_of"]
+    assert as_of == {"offset": last - 1, "events": 3, "snapshot_offset": None}
     early = _invoke("show", key, "--at", "2001-01-01T00:00:00Z")
     assert early.exit_code == 4 and "had no events" in early.stderr
     listed = _invoke("list", key.rsplit(":", 1)[0])
