@@ -117,6 +117,12 @@ class Progress:
             f"{self.action}: {self.records:,}/{self.total_records:,} records{share}, "
             f"{self.partitions_done}/{self.partitions} partitions, {self.memories:,} memories, "
             f"{self.events:,} events, {rate:,.0f} records/s, ETA {eta}"
+            + (
+                f", {self.snapshots:,} memories from snapshots ({self.skipped:,} records "
+                "before the watermarks not read)"
+                if self.snapshots or self.skipped
+                else ""
+            )
         )
 
 
@@ -176,7 +182,6 @@ class LogReader:
                     f'rebuilt (docs/semantics.md, "Snapshots")'
                 )
             self.progress.total_records += max(ends.get(partition, 0) - start, 0)
-            self.progress.skipped += start
 
         # Closed even when the caller stops early (a point in time): its consumer stops.
         fetched = read_to_end(
@@ -249,6 +254,7 @@ class LogReader:
                     )
                 self.progress.memories += len(memories)
                 self.progress.snapshots += len(memories)
+                self.progress.skipped += start
         async for grouped in self.batches(partition, keys, upto, start):
             for key, group in grouped.items():
                 memory = memories.get(key)
