@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from redis import exceptions as rx
 
 from consumers.connections import kafka_options
-from consumers.generations import MissingTopicError
+from consumers.generations import MissingTopicError, TruncatedLogError
 from consumers.settings import Settings, SettingsError
 from memory_core import (
     ConfigError,
@@ -128,6 +128,12 @@ def describe(exc: BaseException, settings: Settings | None = None) -> Failure | 
             return Failure(
                 f"Kafka: {topic} does not exist: start `memstream run` once (it creates the "
                 "topics) or check MEMSTREAM_EVENTS_TOPIC",
+                ExitCode.MISSING_TOPIC,
+            )
+        if isinstance(e, TruncatedLogError):
+            return Failure(
+                f"Kafka: {e}: rebuild from the snapshots (without --no-snapshots), or from a "
+                "copy of the whole log",
                 ExitCode.MISSING_TOPIC,
             )
         if isinstance(e, KafkaConnectionError):

@@ -161,6 +161,18 @@ class MissingTopicError(MemstreamError):
         self.topic = topic
 
 
+class TruncatedLogError(MemstreamError):
+    """A rebuild needs records that retention deleted (no snapshot watermark covers them)."""
+
+    def __init__(self, topic: str, partition: int, first: int, needed: int) -> None:
+        super().__init__(
+            f"{topic}:{partition} starts at offset {first} (retention deleted the records "
+            f"before it) and the rebuild needs them from offset {needed}: no snapshot "
+            'watermark covers them (docs/semantics.md, "Snapshots")'
+        )
+        self.topic = topic
+
+
 async def existing_generation(settings: Settings) -> Generation:
     """The active generation, for a reader: never creates or records anything.
 

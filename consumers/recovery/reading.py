@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
-from consumers.generations import Generation, existing_generation
+from consumers.generations import Generation, TruncatedLogError, existing_generation
 from consumers.settings import Settings
 from consumers.snapshots import read_snapshots
 from consumers.topic_reader import read_to_end
@@ -176,11 +176,7 @@ class LogReader:
             counted = True
             first = firsts.get(partition, 0)
             if first > start:
-                raise MemstreamError(
-                    f"{gen.topic}:{partition} starts at offset {first} (retention deleted the "
-                    f"records before it) and no snapshot watermark covers them: it cannot be "
-                    f'rebuilt (docs/semantics.md, "Snapshots")'
-                )
+                raise TruncatedLogError(gen.topic, partition, first, start)
             self.progress.total_records += max(ends.get(partition, 0) - start, 0)
 
         # Closed even when the caller stops early (a point in time): its consumer stops.

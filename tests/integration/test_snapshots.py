@@ -14,12 +14,12 @@ from aiokafka.structs import TopicPartition
 
 from consumers.apply import ApplyConsumer
 from consumers.bootstrap import App
-from consumers.generations import active_generation
+from consumers.failures import describe
+from consumers.generations import TruncatedLogError, active_generation
 from consumers.recovery import Progress, memory_at, read_log, replay, verify
 from consumers.recovery.reading import FoldedMemory, LogReader
 from consumers.snapshots import MemorySnapshot, decode_record, snapshot_topic, watermark_key
 from consumers.topic_reader import read_to_end
-from memory_core import MemstreamError
 from tests.integration.test_ordering import apply_consumer, drain, workload
 
 
@@ -158,7 +158,9 @@ async def test_a_rebuild_from_snapshots_and_tail_equals_one_from_the_whole_log(
     assert (await verify(app.settings, app.catalog, app.codec, app.store)).ok
     try:
         await verify(app.settings, app.catalog, app.codec, app.store, snapshots=False)
-    except MemstreamError as exc:
-        assert "retention deleted" in str(exc)
+    except TruncatedLogError as exc:
+        assert "retention deleted" in str(exc) and f"{gen.topic}:" in str(exc)
+        failure = describe(exc, app.settings)
+        assert failure is not None and failure.code == 14
     else:
         raise AssertionError("a whole-log verify over a deleted log prefix passed")
