@@ -88,11 +88,14 @@ class KafkaService(Service):
         return True
 
     async def after_ready(self) -> None:
-        """Add the secured listener's SCRAM user (once per password; the broker keeps it)."""
+        """Add the secured listener's SCRAM user (once per password and broker data: the
+        broker keeps it in its metadata, gone with its data directory)."""
         secure = SecureAccess.of(self.settings)
         password = secure.kafka_password
         marker = self.dir / "scram-user"
-        digest = hashlib.sha256(password.encode()).hexdigest()
+        meta = self.data_dir / "meta.properties"
+        cluster = meta.read_text() if meta.exists() else ""
+        digest = hashlib.sha256(f"{password}\n{cluster}".encode()).hexdigest()
         if marker.exists() and marker.read_text().strip() == digest:
             return
         java = find_java()
