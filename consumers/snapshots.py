@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from aiokafka.admin import NewTopic
@@ -60,39 +61,29 @@ class MemorySnapshot:
 
 def encode_snapshot(codec: AvroCodec, home: str, snap: MemorySnapshot) -> bytes:
     """The snapshots-topic value of ``snap``."""
-    return codec.encode(
-        MEMORY_SNAPSHOT,
+    return _encode(
+        codec,
+        home,
+        "MemorySnapshot",
         {
-            "home": home,
-            "taken_at": int(time.time() * 1000),
-            "payload": (
-                "memstream.v1.MemorySnapshot",
-                {
-                    "memory_key": snap.memory_key,
-                    "memory_id": snap.memory_id,
-                    "last_offset": snap.last_offset,
-                    "last_event_at": snap.last_event_ms,
-                    "state_format": STATE_FORMAT,
-                    "state": _encode_state(snap.state),
-                },
-            ),
+            "memory_key": snap.memory_key,
+            "memory_id": snap.memory_id,
+            "last_offset": snap.last_offset,
+            "last_event_at": snap.last_event_ms,
+            "state_format": STATE_FORMAT,
+            "state": _encode_state(snap.state),
         },
     )
 
 
 def encode_watermark(codec: AvroCodec, home: str, partition: int, offset: int) -> bytes:
     """The snapshots-topic value of partition ``partition``'s watermark ``offset``."""
-    return codec.encode(
-        MEMORY_SNAPSHOT,
-        {
-            "home": home,
-            "taken_at": int(time.time() * 1000),
-            "payload": (
-                "memstream.v1.PartitionWatermark",
-                {"partition": partition, "offset": offset},
-            ),
-        },
-    )
+    return _encode(codec, home, "PartitionWatermark", {"partition": partition, "offset": offset})
+
+
+def _encode(codec: AvroCodec, home: str, kind: str, payload: dict[str, Any]) -> bytes:
+    record = {"home": home, "taken_at": int(time.time() * 1000)}
+    return codec.encode(MEMORY_SNAPSHOT, {**record, "payload": (f"memstream.v1.{kind}", payload)})
 
 
 def decode_record(codec: AvroCodec, value: bytes) -> MemorySnapshot | int:

@@ -101,8 +101,9 @@ class SnapshotPublisher:
             self.settings,
             enable_idempotence=True,
             acks="all",
+            # Uncompressed: compressing whole states would take this loop's time from the
+            # apply path; a topic's compression.type can have the broker do it.
             max_request_size=MAX_RECORD_BYTES,
-            compression_type="gzip",
         )
         await producer.start()
         self._producer = producer
