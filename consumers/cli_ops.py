@@ -62,6 +62,78 @@ def topics_status() -> None:
     raise typer.Exit(_run(go))
 
 
+@topics_app.command("snapshots")
+def topics_snapshots(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per partition")] = False,
+) -> None:
+    """Each partition's snapshot watermark, and the records below it that may be deleted
+    (docs/semantics.md, "Snapshots")."""
+    from aiokafka.structs import TopicPartition
+
+    from consumers.connections import kafka_consumer, make_registry
+    from consumers.generations import existing_generation
+    from consumers.snapshots import read_snapshots, snapshot_topic
+    from schemas import AvroCodec
+
+    settings = Settings()
+
+    async def go() -> int:
+        gen = await existing_generation(settings)
+        codec = AvroCodec(make_registry(settings), logical_types=False)
+        tps = [TopicPartition(gen.topic, p) for p in range(gen.partitions)]
+        consumer = kafka_consumer(settings, group_id=None, enable_auto_commit=False)
+        try:
+            await consumer.start()
+            firsts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        rows = []
+        for tp in tps:
+            found = await read_snapshots(settings, codec, gen, tp.partition, keys=set())
+            mark = found.watermark
+            first, end = int(firsts[tp]), int(ends[tp])
+            rows.append(
+                {
+                    "partition": tp.partition,
+                    "watermark": mark,
+                    "first_offset": first,
+                    "end_offset": end,
+                    "deletable_below": mark,
+                    "deletable_records": max((mark or 0) - first, 0),
+                    "snapshot_records": found.records,
+                }
+            )
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(row))
+        else:
+            typer.echo(f"{snapshot_topic(gen.topic)}:")
+            for row in rows:
+                mark = row["watermark"]
+                typer.echo(
+                    f"  partition {row['partition']}: "
+                    + (
+                        f"watermark {mark:,}, {row['end_offset'] - mark:,} records after it"
+                        if mark is not None
+                        else "no watermark yet (a rebuild reads it from its beginning)"
+                    )
+                    + f"; the log holds offsets {row['first_offset']:,}-{row['end_offset']:,}"
+                    + f"; {row['snapshot_records']:,} snapshot records"
+                )
+            missing = [r["partition"] for r in rows if r["watermark"] is None]
+            if missing:
+                typer.echo(f"partitions without a watermark: {missing}; delete nothing there")
+            total = sum(int(r["deletable_records"]) for r in rows)
+            typer.echo(
+                f"records below the watermarks, which may be deleted: {total:,} "
+                "(kafka-delete-records with each partition's watermark as its offset)"
+            )
+        return 0
+
+    raise typer.Exit(_run(go))
+
+
 @topics_app.command("repartition")
 def topics_repartition(
     partitions: Annotated[int, typer.Option(help="Partitions of the new generation")],

@@ -7,6 +7,7 @@ are deleted, only a snapshot-based rebuild is possible, and the other says why."
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
@@ -20,6 +21,7 @@ from consumers.recovery import Progress, memory_at, read_log, replay, verify
 from consumers.recovery.reading import FoldedMemory, LogReader
 from consumers.snapshots import MemorySnapshot, decode_record, snapshot_topic, watermark_key
 from consumers.topic_reader import read_to_end
+from tests.cli import run_cli
 from tests.integration.test_ordering import apply_consumer, drain, workload
 
 
@@ -142,6 +144,19 @@ async def test_a_rebuild_from_snapshots_and_tail_equals_one_from_the_whole_log(
                 app.settings, app.catalog, app.codec, conv.memory_key, offset=offset
             )
             assert got.state == want.state, (conv.memory_key, offset)
+
+    # The operator's view: each partition's watermark, as the topic holds it.
+    env = {
+        "MEMSTREAM_EVENTS_TOPIC": app.settings.events_topic,
+        "MEMSTREAM_MEMORIES_FILE": str(app.settings.memories_file),
+    }
+    listed = run_cli(env, "topics", "snapshots", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {r["partition"]: r["deletable_below"] for r in rows} == marks
+    assert sum(r["deletable_records"] for r in rows) == sum(marks.values())
+    text = run_cli(env, "topics", "snapshots")
+    assert f"may be deleted: {sum(marks.values()):,}" in text.stdout, text.stdout
 
     # An operator deletes every partition's records before its watermark: a rebuild from the
     # snapshots is as before, one from the whole log is refused with the reason.
