@@ -167,7 +167,11 @@ class SnapshotPublisher:
             await asyncio.sleep(min(self._every_s, 1.0))
             now = time.monotonic()
             for tp, p in list(self._parts.items()):
-                if p.events and now - p.since >= self._every_s:
+                # A partition just taken over is checkpointed once even with nothing new
+                # applied: what earlier owners wrote since the last watermark (maybe all of
+                # the partition) is covered then, not only after its next event.
+                due = p.events or (not p.seeded and p.committed > 0)
+                if due and now - p.since >= self._every_s:
                     self._begin(tp, p)
 
     def _begin(self, tp: TopicPartition, p: _Partition) -> None:
