@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -11,9 +10,8 @@ from aiokafka.structs import TopicPartition
 from consumers.catalog import MemoryCatalog
 from consumers.connections import kafka_consumer
 from consumers.generations import existing_generation
-from consumers.recovery.reading import FoldedMemory, LogReader, Progress
+from consumers.recovery.reading import LogReader, Progress
 from consumers.settings import Settings
-from consumers.snapshots import read_snapshots
 from memory_core import MemoryState
 from schemas import AvroCodec
 
@@ -68,36 +66,14 @@ async def memory_at(
     if at_ms is not None:
         offset = await _last_offset_before(settings, gen.topic, partition, at_ms)
     assert offset is not None
-    progress = Progress("point in time", 1)
-    reader = LogReader(settings, catalog, codec, gen, progress, None)
-    memory: FoldedMemory | None = None
-    home = f"{gen.topic}:{partition}"
-    start = 0
-    snapshot_offset = None
-    if snapshots:
-        found = await read_snapshots(
-            settings, codec, gen, partition, upto=offset, keys={memory_key}
-        )
-        snap = found.memories.get(memory_key)
-        entry = catalog.get(snap.memory_id) if snap is not None else None
-        if snap is not None and entry is not None:
-            # The snapshot holds every event of the memory up to its offset.
-            memory = FoldedMemory(entry.policy, home, snap.state, 0, snap.last_event_ms)
-            start = snap.last_offset + 1
-            snapshot_offset = snap.last_offset
-    fold = reader.batches(partition, {memory_key}, upto=offset, start=start)
-    async with contextlib.aclosing(fold) as it:
-        async for grouped in it:
-            group = grouped.get(memory_key)
-            if group is None:
-                continue
-            if memory is None:
-                memory = FoldedMemory(group.policy, home)
-            memory.state = memory.policy.manager.apply(memory.state, group.events).state
-            memory.events += len(group.events)
-    state = memory.state if memory is not None else MemoryState()
-    events = memory.events if memory is not None else 0
-    return PointInTime(memory_key, state, offset, events, snapshot_offset)
+    reader = LogReader(
+        settings, catalog, codec, gen, Progress("point in time", 1), None, snapshots=snapshots
+    )
+    memory = (await reader.fold(partition, {memory_key}, upto=offset)).memories.get(memory_key)
+    if memory is None:
+        return PointInTime(memory_key, MemoryState(), offset, 0)
+    base = memory.base.last_offset if memory.base is not None else None
+    return PointInTime(memory_key, memory.state, offset, memory.events, base)
 
 
 async def _last_offset_before(settings: Settings, topic: str, partition: int, at_ms: int) -> int:

@@ -15,7 +15,7 @@ from consumers.catalog import MemoryCatalog
 from consumers.events import to_domain
 from consumers.generations import Generation, TruncatedLogError, existing_generation
 from consumers.settings import Settings
-from consumers.snapshots import read_snapshots
+from consumers.snapshots import MemorySnapshot, read_snapshots
 from consumers.topic_reader import read_to_end
 from memory_core import LoggedEvent, MemoryPolicy, MemoryState, MemstreamError
 from schemas import MEMORY_EVENT, AvroCodec, DecodeError
@@ -228,9 +228,11 @@ class LogReader:
     async def fold(
         self, partition: int, keys: set[str] | None, upto: int | None = None
     ) -> FoldedPartition:
-        """Every memory of ``partition`` folded from its events (states, not events, kept),
-        up to offset ``upto`` when given: from its latest usable watermark, each memory
-        snapshotted starting from its snapshot, or else from the beginning."""
+        """Every memory of ``partition`` (of ``keys`` only, when given) folded from its
+        events (states, not events, kept), up to offset ``upto`` when given. Snapshotted
+        memories start from their snapshots, and the read from the latest usable watermark;
+        with ``keys``, from the earliest of what each key needs: the offset after its own
+        snapshot, the watermark when it has none, else the beginning."""
         memories: dict[str, FoldedMemory] = {}
         home = f"{self.gen.topic}:{partition}"
         start = 0
@@ -238,9 +240,12 @@ class LogReader:
             snaps = await read_snapshots(
                 self.settings, self.codec, self.gen, partition, upto=upto, keys=keys
             )
-            if snaps.usable:
-                assert snaps.watermark is not None
-                start = snaps.watermark
+            mark = snaps.watermark if snaps.usable else None
+            if keys is None:
+                start = mark or 0
+            else:
+                start = min((_needed(k, snaps.memories, mark) for k in keys), default=0)
+            if keys is not None or mark is not None:
                 for key, snap in snaps.memories.items():
                     entry = self.catalog.get(snap.memory_id)
                     if entry is None:
@@ -250,18 +255,30 @@ class LogReader:
                     )
                 self.progress.memories += len(memories)
                 self.progress.snapshots += len(memories)
-                self.progress.skipped += start
+            self.progress.skipped += start
         async for grouped in self.batches(partition, keys, upto, start):
             for key, group in grouped.items():
                 memory = memories.get(key)
                 if memory is None:
                     memory = memories[key] = FoldedMemory(group.policy, home)
                     self.progress.memories += 1
+                # Events up to a snapshot's offset are skipped as redelivered: not counted.
+                after = memory.state.last_offset
+                read = sum(1 for e in group.events if e.offset > after)
                 memory.state = memory.policy.manager.apply(memory.state, group.events).state
-                memory.events += len(group.events)
+                memory.events += read
                 memory.last_ms = max(memory.last_ms, group.last_ms)
-                self.progress.events += len(group.events)
+                self.progress.events += read
         return FoldedPartition(memories, start)
+
+
+def _needed(key: str, snapshots: dict[str, MemorySnapshot], watermark: int | None) -> int:
+    """Where a rebuild of ``key`` must start reading: after its snapshot, at the watermark
+    when it has none (it had no events before it), else at the beginning."""
+    snap = snapshots.get(key)
+    if snap is not None:
+        return snap.last_offset + 1
+    return watermark or 0
 
 
 async def each_partition(

@@ -63,18 +63,26 @@ async def _drained(runner: Runner, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.2)
 
 
+async def _wiped_mid_stream(
+    app: App, runner: Runner, conversations: list[Conversation], applied: slice, after: slice
+) -> None:
+    """``applied`` produced and verified, Redis wiped (every master) while the consumer
+    runs, ``after`` produced: lag drains by itself and every memory equals the log."""
+    await _produce(app, conversations, applied)
+    await until_verified(app)
+    await app.redis.flushall()
+    await _produce(app, conversations, after)
+    await _drained(runner)
+    await until_verified(app)
+
+
 async def test_lost_partitions_are_restored_before_new_events_apply(
     app: App, volatile: RedisProcess, names: str
 ) -> None:
     conversations = workload(seed=51, prefix=names, keys=24, events=45)
     async with Runner(app, ("apply",)) as runner:
-        await _produce(app, conversations, slice(0, 15))
-        await until_verified(app)
         # Wiped while the consumer runs: every partition's next write is refused as lost.
-        await app.redis.flushall()
-        await _produce(app, conversations, slice(15, 30))
-        await _drained(runner)
-        await until_verified(app)
+        await _wiped_mid_stream(app, runner, conversations, slice(0, 15), slice(15, 30))
         assert runner.consumer is not None
         wiped = len(runner.consumer.restored)
         assert wiped > 0 and all(r.memories > 0 for _, r in runner.consumer.restored)
@@ -108,12 +116,7 @@ async def test_a_wiped_redis_cluster_is_detected_by_the_running_consumer_and_res
         build_app(cluster_settings(pipeline_settings)) as app,
         Runner(app, ("apply",)) as runner,
     ):
-        await _produce(app, conversations, slice(0, 15))
-        await until_verified(app)
-        await app.redis.flushall()
-        await _produce(app, conversations, slice(15, 30))
-        await _drained(runner)
-        await until_verified(app)
+        await _wiped_mid_stream(app, runner, conversations, slice(0, 15), slice(15, 30))
         assert runner.failure is None
         assert runner.consumer is not None and runner.consumer.restored
 

@@ -128,6 +128,7 @@ async def test_a_rebuild_from_snapshots_and_tail_equals_one_from_the_whole_log(
     assert full_check.ok, full_check.mismatches[:3]
     assert (await verify(app.settings, app.catalog, app.codec, app.store)).ok
     log = await read_log(app.settings, app.catalog, app.codec)
+    from_a_snapshot = 0
     for conv in conversations[::3]:
         events = log.events[conv.memory_key]
         for cut in (len(events) // 3, len(events) - 1):
@@ -144,6 +145,11 @@ async def test_a_rebuild_from_snapshots_and_tail_equals_one_from_the_whole_log(
                 app.settings, app.catalog, app.codec, conv.memory_key, offset=offset
             )
             assert got.state == want.state, (conv.memory_key, offset)
+            if got.snapshot_offset is not None:
+                # Only the events after the memory's own snapshot were read.
+                assert got.snapshot_offset <= offset and got.events < want.events
+                from_a_snapshot += 1
+    assert from_a_snapshot > 0
 
     # The operator's view: each partition's watermark, as the topic holds it.
     env = {
